@@ -1,0 +1,398 @@
+r"""The contrastive cross-entropy primitive (SPEC section 1) and the losses built on it.
+
+For anchor :math:`i`, candidates :math:`a \in A(i)` (every candidate except the
+anchor itself) and non-negative target weights :math:`W_{ia}` normalised to
+sum to 1 over :math:`a`:
+
+.. math::
+
+    p_{ia} = \frac{\exp(z_i \cdot c_a / \tau)}{\sum_{a' \in A(i)} \exp(z_i \cdot c_{a'} / \tau)},
+    \qquad
+    \ell_i = -\sum_a W_{ia} \log p_{ia}  \quad\text{("out" form)}
+
+or :math:`\ell_i = -\log \sum_a W_{ia} p_{ia}` ("in" form). Anchors whose
+weights are all zero (no positive, or a missing label) are *not valid*: their
+:math:`\ell_i` is 0 and they are left out of the mean.
+
+:func:`contrastive_cross_entropy` is the one place the equation is computed;
+every loss module calls it (through :func:`supcon_per_anchor`). Its signature
+is the contract: a later row-chunked, recompute-in-backward version that never
+materialises the N x N probabilities can replace its body without changing a
+caller. Everything is computed in float32 for float16/bfloat16 input (float64
+stays float64), with autocast disabled, via logsumexp (never a raw exp).
+
+Example:
+    >>> import torch
+    >>> from mscon.losses.functional import contrastive_cross_entropy
+    >>> z = torch.nn.functional.normalize(torch.ones(4, 3), dim=1)
+    >>> labels = torch.tensor([0, 0, 1, -1])
+    >>> out = contrastive_cross_entropy(z, temperature=0.5, anchor_labels=labels)
+    >>> out.losses  # log(3) for the two anchors of class 0
+    tensor([1.0986, 1.0986, 0.0000, 0.0000])
+    >>> out.valid
+    tensor([ True,  True, False, False])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mscon import distributed
+
+__all__ = [
+    "ContrastiveOutput",
+    "compute_dtype",
+    "l2_normalize",
+    "contrastive_cross_entropy",
+    "supcon_per_anchor",
+    "valid_means",
+    "supcon_loss",
+    "ntxent_loss",
+]
+
+
+class ContrastiveOutput(NamedTuple):
+    """Per-anchor result of :func:`contrastive_cross_entropy`.
+
+    Attributes:
+        losses: (M,) :math:`\\ell_i` in the compute dtype; exactly 0 (with a gradient
+            path) where ``valid`` is False.
+        valid: (M,) bool, anchors with at least one positive (non-zero target weight).
+    """
+
+    losses: Tensor
+    valid: Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype losses are computed in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _no_autocast(device_type: str) -> Iterator[None]:
+    """Disable autocast on ``device_type`` (the losses accumulate in float32 or float64)."""
+    try:
+        ctx = torch.autocast(device_type=device_type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type without autocast support
+        ctx = contextlib.nullcontext()
+    with ctx:
+        yield
+
+
+def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
+    """Cast to the compute dtype (float32 for half inputs), then L2-normalise along ``dim``.
+
+    Casting first keeps float16 norms from overflowing or underflowing.
+
+    Example:
+        >>> l2_normalize(torch.tensor([[3.0, 4.0]], dtype=torch.float16))
+        tensor([[0.6000, 0.8000]])
+    """
+    return F.normalize(x.to(compute_dtype(x.dtype)), p=2.0, dim=dim, eps=1e-12)
+
+
+def contrastive_cross_entropy(
+    anchors: Tensor,
+    candidates: Tensor | None = None,
+    *,
+    temperature: float | Tensor,
+    anchor_labels: Tensor | None = None,
+    candidate_labels: Tensor | None = None,
+    positive_mask: Tensor | None = None,
+    target_weights: Tensor | None = None,
+    self_index: Tensor | None = None,
+    form: str = "out",
+) -> ContrastiveOutput:
+    r"""Per-anchor contrastive cross-entropy of anchors against candidates (SPEC section 1).
+
+    The positives (target weights :math:`W`) are given by exactly one of:
+
+    * ``anchor_labels`` (and ``candidate_labels``): :math:`W_{ia} \propto 1` where the
+      labels are equal; -1 is a missing label that matches nothing (its anchor is
+      not valid, its candidate is only a negative);
+    * ``positive_mask``: (M, N) bool, :math:`W_{ia} \propto 1` where True;
+    * ``target_weights``: (M, N) non-negative floats, normalised over each row.
+
+    The anchor itself (``self_index``) is removed from its candidates and from its
+    positives.
+
+    Args:
+        anchors: (M, d) L2-normalised anchor embeddings.
+        candidates: (N, d) L2-normalised candidates; None means ``anchors``, with
+            ``self_index`` defaulting to ``arange(M)`` (each anchor excluded).
+        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (may require grad).
+        anchor_labels: (M,) integer labels, -1 = missing.
+        candidate_labels: (N,) integer labels; defaults to ``anchor_labels`` when
+            ``candidates`` is None.
+        positive_mask: (M, N) bool positives.
+        target_weights: (M, N) non-negative target weights.
+        self_index: (M,) long, the column of each anchor among the candidates, -1
+            for none; None excludes nothing (unless ``candidates`` is None).
+        form: ``"out"`` (:math:`-\sum_a W_{ia}\log p_{ia}`) or ``"in"``
+            (:math:`-\log\sum_a W_{ia} p_{ia}`).
+
+    Returns:
+        :class:`ContrastiveOutput` ``(losses (M,), valid (M,))`` in the compute dtype
+        (float32 for float16/bfloat16 input, float64 for float64).
+    """
+    if form not in ("out", "in"):
+        raise ValueError(f"contrastive_cross_entropy: form must be 'out' or 'in', got {form!r}")
+    given = [x is not None for x in (anchor_labels, positive_mask, target_weights)]
+    if sum(given) != 1:
+        raise ValueError(
+            "contrastive_cross_entropy: exactly one of anchor_labels, positive_mask, "
+            f"target_weights must be given, got {sum(given)}"
+        )
+    if candidates is None:
+        candidates = anchors
+        if self_index is None:
+            self_index = torch.arange(anchors.shape[0], device=anchors.device)
+        if candidate_labels is None:
+            candidate_labels = anchor_labels
+    if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            "contrastive_cross_entropy: anchors and candidates must have shapes (M, d) and "
+            f"(N, d), got {tuple(anchors.shape)} and {tuple(candidates.shape)}"
+        )
+    m, n = anchors.shape[0], candidates.shape[0]
+    if anchor_labels is not None and (
+        candidate_labels is None
+        or tuple(anchor_labels.shape) != (m,)
+        or tuple(candidate_labels.shape) != (n,)
+    ):
+        raise ValueError(
+            f"contrastive_cross_entropy: anchor_labels and candidate_labels must have shapes "
+            f"({m},) and ({n},)"
+        )
+    for name, w in (("positive_mask", positive_mask), ("target_weights", target_weights)):
+        if w is not None and tuple(w.shape) != (m, n):
+            raise ValueError(
+                f"contrastive_cross_entropy: {name} must have shape (M, N) = ({m}, {n}), "
+                f"got {tuple(w.shape)}"
+            )
+    if positive_mask is not None and positive_mask.dtype != torch.bool:
+        raise ValueError(
+            f"contrastive_cross_entropy: positive_mask must be bool, got {positive_mask.dtype}"
+        )
+
+    dtype = compute_dtype(anchors.dtype)
+    with _no_autocast(anchors.device.type):
+        a = anchors.to(dtype)
+        c = candidates.to(dtype)
+        tau = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
+        logits = (a @ c.T) / tau  # (M, N); |logit| <= 1/tau for normalised rows
+
+        excluded = torch.zeros((m, n), dtype=torch.bool, device=a.device)
+        if self_index is not None:
+            rows = torch.arange(m, device=a.device)
+            has_self = self_index >= 0
+            excluded[rows[has_self], self_index[has_self]] = True
+
+        if anchor_labels is not None:
+            same = anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)
+            positive = same & (anchor_labels >= 0).unsqueeze(1) & ~excluded
+            weights = positive.to(dtype)
+        elif positive_mask is not None:
+            weights = (positive_mask & ~excluded).to(dtype)
+        else:
+            weights = target_weights.to(dtype).masked_fill(excluded, 0.0)
+        weight_sum = weights.sum(dim=1)
+        valid = weight_sum > 0
+        safe_sum = weight_sum.clamp_min(torch.finfo(dtype).tiny)
+
+        # A large finite fill (not -inf) keeps every value and gradient finite, even
+        # for an anchor whose only candidate is itself.
+        very_negative = -torch.finfo(dtype).max
+        log_denominator = torch.logsumexp(logits.masked_fill(excluded, very_negative), dim=1)
+        if form == "out":  # weights are 0 on excluded entries, where logits are finite
+            positive_term = (weights * logits).sum(dim=1) / safe_sum
+        else:
+            log_w = torch.log(weights.clamp_min(torch.finfo(dtype).tiny)) - torch.log(
+                safe_sum
+            ).unsqueeze(1)
+            positive_term = torch.logsumexp(
+                torch.where(weights > 0, logits + log_w, very_negative), dim=1
+            )
+        losses = torch.where(
+            valid, log_denominator - positive_term, torch.zeros_like(log_denominator)
+        )
+    return ContrastiveOutput(losses, valid)
+
+
+def supcon_per_anchor(
+    features: Tensor,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    temperature: float | Tensor,
+    form: str = "out",
+    gather_distributed: bool = False,
+) -> ContrastiveOutput:
+    """SupCon / SimCLR per-anchor losses of the B·V views of a batch (SPEC sections 2-3).
+
+    Views are flattened image-major (row ``b * V + v``). Positives of view (b, v):
+
+    * ``labels``: the other views whose image has the same label (-1 = missing:
+      the anchor is not valid and the view is a positive of nobody, but it stays a
+      candidate in every denominator);
+    * ``mask``: views of images b' with ``mask[b, b']`` True (bool) or with weight
+      ``mask[b, b']`` (float, normalised over the anchor's positives), plus the
+      other views of the same image, which are always positives with weight 1
+      (the diagonal of ``mask`` is ignored);
+    * neither: the other views of the same image (SimCLR).
+
+    With ``gather_distributed`` inside a multi-process group, the candidates are
+    the views of all ranks (gathered with gradient), labels are gathered, and
+    ``mask`` must have one column per image of all ranks, in rank order.
+
+    Args:
+        features: (B, V, d) embeddings, any float dtype, not yet normalised.
+        labels: (B,) integer labels, -1 = missing.
+        mask: (B, B_all) bool or non-negative float weights between images
+            (B_all = B in one process).
+        temperature: tau > 0 (float or 0-dim tensor).
+        form: "out" (L_out) or "in" (L_in).
+        gather_distributed: contrast against the candidates of all ranks.
+
+    Returns:
+        :class:`ContrastiveOutput` for this rank's B·V anchors.
+    """
+    b, v, d = features.shape
+    z = l2_normalize(features).reshape(b * v, d)
+    local_n = b * v
+    use_dist = gather_distributed and distributed.is_distributed()
+    if use_dist:
+        sizes = distributed.gather_sizes(local_n, z.device)
+        offset = sum(sizes[: distributed.rank()])
+        candidates = distributed.gather_with_grad(z, sizes)
+    else:
+        sizes, offset, candidates = [local_n], 0, z
+    self_index = offset + torch.arange(local_n, device=z.device)
+
+    if labels is not None:
+        view_labels = labels.to(device=z.device, dtype=torch.long).repeat_interleave(v)
+        cand_labels = distributed.gather_no_grad(view_labels, sizes) if use_dist else view_labels
+        return contrastive_cross_entropy(
+            z,
+            candidates,
+            temperature=temperature,
+            anchor_labels=view_labels,
+            candidate_labels=cand_labels,
+            self_index=self_index,
+            form=form,
+        )
+
+    # Global image index of every local view: views b*V..b*V+V-1 are image offset/V + b.
+    image = torch.arange(b, device=z.device).repeat_interleave(v) + offset // v
+    cand_image = distributed.gather_no_grad(image, sizes) if use_dist else image
+    if mask is None:
+        return contrastive_cross_entropy(
+            z,
+            candidates,
+            temperature=temperature,
+            anchor_labels=image,
+            candidate_labels=cand_image,
+            self_index=self_index,
+            form=form,
+        )
+
+    mask = mask.to(z.device)
+    same_image = image.unsqueeze(1) == cand_image.unsqueeze(0)  # (B*V, N_all)
+    view_mask = mask[:, cand_image].repeat_interleave(v, dim=0)  # (B*V, N_all)
+    if mask.dtype == torch.bool:
+        return contrastive_cross_entropy(
+            z,
+            candidates,
+            temperature=temperature,
+            positive_mask=view_mask | same_image,
+            self_index=self_index,
+            form=form,
+        )
+    weights = torch.where(same_image, torch.ones_like(view_mask), view_mask)
+    return contrastive_cross_entropy(
+        z,
+        candidates,
+        temperature=temperature,
+        target_weights=weights,
+        self_index=self_index,
+        form=form,
+    )
+
+
+def valid_means(
+    outputs: Sequence[ContrastiveOutput], *, gather_distributed: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Mean of each output's losses over its valid anchors (over all ranks when gathering).
+
+    Each mean is ``sum_i valid_i * l_i / max(1, #valid)``: exactly 0 with a gradient
+    path when no anchor is valid. With ``gather_distributed`` in a multi-process group
+    the count is summed over ranks and the result is this rank's share times the world
+    size, so that the mean over ranks is the single-process mean.
+
+    Args:
+        outputs: C per-anchor outputs (anchor counts may differ).
+        gather_distributed: count valid anchors over all ranks.
+
+    Returns:
+        ``(means (C,), counts (C,))``; counts are global valid-anchor counts (no grad).
+    """
+    sums = torch.stack([(o.losses * o.valid).sum() for o in outputs])
+    counts = torch.stack([o.valid.sum() for o in outputs]).to(sums.dtype)
+    scale = 1.0
+    if gather_distributed and distributed.is_distributed():
+        counts = distributed.all_reduce_sum(counts)
+        scale = float(distributed.world_size())
+    return sums * scale / counts.clamp_min(1.0), counts.detach()
+
+
+def supcon_loss(
+    features: Tensor,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    temperature: float | Tensor = 0.1,
+    form: str = "out",
+    gather_distributed: bool = False,
+) -> Tensor:
+    """SupCon loss (SPEC section 3): mean of :func:`supcon_per_anchor` over valid anchors.
+
+    Unchecked functional form of :class:`~mscon.losses.SupConLoss` (which validates its
+    arguments); ``features`` must be (B, V, d).
+
+    Example:
+        >>> z = torch.ones(3, 2, 4)  # identical embeddings, N = 6: log(5)
+        >>> supcon_loss(z, torch.tensor([0, 0, 1]))
+        tensor(1.6094)
+    """
+    out = supcon_per_anchor(
+        features,
+        labels,
+        mask,
+        temperature=temperature,
+        form=form,
+        gather_distributed=gather_distributed,
+    )
+    return valid_means([out], gather_distributed=gather_distributed)[0][0]
+
+
+def ntxent_loss(
+    z0: Tensor, z1: Tensor, *, temperature: float | Tensor = 0.5, gather_distributed: bool = False
+) -> Tensor:
+    """NT-Xent (SPEC section 2) of two views (B, d) each; unchecked functional form.
+
+    Example:
+        >>> ntxent_loss(torch.ones(4, 8), torch.ones(4, 8))  # log(2·4 - 1)
+        tensor(1.9459)
+    """
+    return supcon_loss(
+        torch.stack([z0, z1], dim=1),
+        temperature=temperature,
+        gather_distributed=gather_distributed,
+    )

@@ -1,0 +1,179 @@
+r"""MSCon: multi-similarity contrastive loss (Mu, Guttag, Makar 2023; SPEC section 4).
+
+.. math::
+
+    L_{MSCon} = \sum_c \big[ e^{-s_c} L_c + s_c / 2 \big], \qquad
+    L_c = \mathrm{SupCon}(z^c, y^c)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mscon import distributed
+from mscon.losses import _checks
+from mscon.losses.functional import supcon_per_anchor, valid_means
+from mscon.losses.weighting import TaskWeighting
+
+__all__ = ["MSConLoss"]
+
+
+class MSConLoss(nn.Module):
+    r"""One SupCon loss per similarity, combined by a task weighting (SPEC section 4).
+
+    For similarity :math:`c`, :math:`L_c` is :class:`~mscon.losses.SupConLoss` of the
+    head's embeddings :math:`z^c` with the labels :math:`y^c` (column c of
+    ``labels``; -1 = missing): the mean over anchors with at least one positive.
+    The total depends on ``weighting`` (see :mod:`mscon.losses.weighting`):
+
+    * ``uncertainty`` (default): :math:`\sum_c [e^{-s_c} L_c + s_c/2]`;
+    * ``temperature``: :math:`\sum_c [L_c(\tau e^{s_c}) + s_c/2]`;
+    * ``equal``: :math:`\sum_c L_c`;  ``fixed``: :math:`\sum_c w_c L_c`.
+
+    A similarity with no valid anchor in the batch has :math:`L_c = 0` and drops its
+    :math:`s_c/2` term.
+
+    Args:
+        num_similarities: C >= 1.
+        temperature: :math:`\tau > 0`.
+        weighting: ``"uncertainty"``, ``"temperature"``, ``"equal"``, ``"fixed"``
+            (or any mode registered in :mod:`mscon.losses.weighting`).
+        weights: (C,) non-negative weights for ``weighting="fixed"``.
+        form: the SupCon form, ``"out"`` (default) or ``"in"``.
+        gather_distributed: contrast with the views of all ranks; each rank returns
+            its share times the world size (see :class:`~mscon.losses.SupConLoss`).
+
+    Attributes:
+        log_vars: ``nn.Parameter`` (C,), :math:`s_c = \log\sigma_c^2` (train it without
+            weight decay; it does not require grad in ``equal`` and ``fixed``).
+        weighting: the :class:`~mscon.losses.TaskWeighting` module that owns it.
+        last_losses: (C,) detached :math:`L_c` of the last call (over all ranks).
+        last_valid: (C,) bool, whether similarity c had a valid anchor in the last call.
+
+    Shapes:
+        features: (C, B, V, d) tensor, or a sequence of C tensors (B, V, d) (the
+        heads may differ in d); labels: (B, C) integer. Output: scalar.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = MSConLoss(2, temperature=0.1)
+        >>> features = torch.ones(2, 4, 2, 16)  # identical embeddings, N = 8
+        >>> labels = torch.tensor([[0, 1], [0, 1], [1, -1], [2, -1]])
+        >>> loss_fn(features, labels)  # 2 * log(7) at s = 0
+        tensor(3.8918, grad_fn=<SumBackward0>)
+        >>> loss_fn.last_losses
+        tensor([1.9459, 1.9459])
+        >>> loss_fn.task_weights()
+        tensor([1., 1.], grad_fn=<ExpBackward0>)
+    """
+
+    def __init__(
+        self,
+        num_similarities: int,
+        temperature: float = 0.1,
+        weighting: str = "uncertainty",
+        weights: Sequence[float] | None = None,
+        *,
+        form: str = "out",
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = "MSConLoss"
+        if (
+            isinstance(num_similarities, bool)
+            or not isinstance(num_similarities, int)
+            or num_similarities < 1
+        ):
+            raise ValueError(
+                f"{owner}: num_similarities must be an integer >= 1, got {num_similarities!r}"
+            )
+        self.num_similarities = num_similarities
+        self.temperature = _checks.check_temperature(owner, temperature)
+        self.form = _checks.check_choice(owner, "form", form, ("out", "in"))
+        self.gather_distributed = bool(gather_distributed)
+        self.weighting = TaskWeighting(num_similarities, weighting, weights, owner=owner)
+        self.register_buffer("last_losses", torch.zeros(num_similarities), persistent=False)
+        self.register_buffer(
+            "last_valid", torch.zeros(num_similarities, dtype=torch.bool), persistent=False
+        )
+
+    @property
+    def log_vars(self) -> nn.Parameter:
+        """(C,) learned :math:`s_c = \\log\\sigma_c^2` (the weighting's parameter)."""
+        return self.weighting.log_vars
+
+    def task_weights(self) -> Tensor:
+        """(C,) effective multiplier on each L_c: exp(-s_c), ones, or the fixed weights."""
+        return self.weighting.task_weights()
+
+    def _check(self, features: object, labels: object) -> tuple[list[Tensor], Tensor]:
+        owner, c = "MSConLoss", self.num_similarities
+        if isinstance(features, Tensor):
+            _checks.check_float_tensor(owner, "features", features, "(C, B, V, d)")
+            if features.ndim != 4 or features.shape[0] != c:
+                raise ValueError(
+                    f"{owner}: features must have shape (C, B, V, d) with C = {c}, "
+                    f"got {_checks.shape_str(features.shape)}"
+                )
+            heads = list(features.unbind(0))
+        elif isinstance(features, Sequence) and not isinstance(features, str):
+            if len(features) != c:
+                raise ValueError(
+                    f"{owner}: features must be a sequence of C = {c} tensors (B, V, d), "
+                    f"got {len(features)}"
+                )
+            heads = list(features)
+        else:
+            raise ValueError(
+                f"{owner}: features must be a tensor (C, B, V, d) or a sequence of C tensors "
+                f"(B, V, d), got {type(features).__name__}"
+            )
+        for i, z in enumerate(heads):
+            name = f"features[{i}]"
+            _checks.check_float_tensor(owner, name, z, "(B, V, d)")
+            if z.ndim != 3 or min(z.shape[:2]) < 1:
+                raise ValueError(
+                    f"{owner}: {name} must have shape (B, V, d) with B, V >= 1, "
+                    f"got {_checks.shape_str(z.shape)}"
+                )
+            if z.shape[0] != heads[0].shape[0]:
+                raise ValueError(
+                    f"{owner}: every head must have the same batch size B = {heads[0].shape[0]}, "
+                    f"got {name} of shape {_checks.shape_str(z.shape)}"
+                )
+            _checks.check_embeddings(owner, name, z, "(B, V, d)")
+        b = heads[0].shape[0]
+        labels = _checks.check_labels(owner, "labels", labels, (b, c), "(B, C)")
+        return heads, labels
+
+    def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
+        """Weighted sum of the per-similarity SupCon losses of ``features`` and ``labels``."""
+        heads, labels = self._check(features, labels)
+        factors = self.weighting.temperature_factors()
+        outputs = [
+            supcon_per_anchor(
+                z,
+                labels[:, i],
+                temperature=self.temperature * factors[i],
+                form=self.form,
+                gather_distributed=self.gather_distributed,
+            )
+            for i, z in enumerate(heads)
+        ]
+        losses, counts = valid_means(outputs, gather_distributed=self.gather_distributed)
+        valid = counts > 0
+        detached = losses.detach()
+        if self.gather_distributed and distributed.is_distributed():
+            detached = distributed.all_reduce_sum(detached) / distributed.world_size()
+        self.last_losses = detached.to(self.last_losses.device, torch.float32)
+        self.last_valid = valid.to(self.last_valid.device)
+        return self.weighting(losses, valid)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_similarities={self.num_similarities}, temperature={self.temperature}, "
+            f"form={self.form!r}"
+        )

@@ -1,0 +1,240 @@
+r"""Task weighting shared by MSConLoss and MultiTaskCELoss (SPEC sections 4 and 5).
+
+:class:`TaskWeighting` turns C per-task losses :math:`L_c` (and which tasks had a
+valid anchor or row in the batch) into one scalar. It owns the learned
+:math:`s_c = \log\sigma_c^2` (``log_vars``, initialised to 0; put it in a
+parameter group without weight decay). The modes (the config value
+``method.weighting``):
+
+* ``uncertainty`` (Kendall et al. 2018, the MSCon paper's form):
+  :math:`L = \sum_c [e^{-s_c} L_c + s_c/2]`; effective multiplier :math:`e^{-s_c}`.
+* ``temperature``: :math:`\sigma_c^2 = e^{s_c}` scales the task's temperature
+  (contrastive: :math:`\tau e^{s_c}` inside the softmax; cross-entropy: logits
+  times :math:`e^{-s_c}`), plus :math:`s_c/2`:
+  :math:`L = \sum_c [L_c(\tau e^{s_c}) + s_c/2]`. The loss itself is not
+  multiplied, so the effective multiplier on :math:`L_c` is 1;
+  :meth:`TaskWeighting.temperature_factors` gives :math:`e^{s_c}`.
+* ``equal``: :math:`L = \sum_c L_c` (s fixed at 0, not trained).
+* ``fixed``: :math:`L = \sum_c w_c L_c` with user weights :math:`w_c \ge 0`.
+
+A task with no valid anchor in the batch contributes nothing, its
+:math:`s_c/2` term included (else :math:`s_c` drifts down without bound).
+
+New modes are classes registered with :func:`register_weighting_mode`; the
+loss modules only call ``task_weights()``, ``temperature_factors()`` and the
+module itself, so a new mode is a new config value and nothing else.
+
+Example:
+    >>> import torch
+    >>> w = TaskWeighting(2, "uncertainty")
+    >>> w(torch.tensor([1.0, 2.0]), torch.tensor([True, True]))
+    tensor(3., grad_fn=<SumBackward0>)
+    >>> w.task_weights()
+    tensor([1., 1.], grad_fn=<ExpBackward0>)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "WEIGHTING_MODES",
+    "WeightingMode",
+    "register_weighting_mode",
+    "TaskWeighting",
+]
+
+
+class WeightingMode:
+    """How a mode maps (losses, valid) to a total; subclass and register to add one.
+
+    Class attributes:
+        name: the config value.
+        learnable: whether ``log_vars`` is trained (``requires_grad``).
+        uses_weights: whether the mode takes user ``weights`` (C,).
+    """
+
+    name: ClassVar[str] = ""
+    learnable: ClassVar[bool] = False
+    uses_weights: ClassVar[bool] = False
+
+    def task_weights(self, w: TaskWeighting) -> Tensor:
+        """(C,) effective multiplier on each L_c."""
+        return torch.ones_like(w.log_vars)
+
+    def temperature_factors(self, w: TaskWeighting) -> Tensor:
+        """(C,) factor on each task's temperature (1 unless the mode scales it)."""
+        return torch.ones_like(w.log_vars)
+
+    def regularizer(self, w: TaskWeighting) -> Tensor:
+        """(C,) term added per task with a valid anchor (s_c / 2 for learned modes)."""
+        return torch.zeros_like(w.log_vars)
+
+    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor) -> Tensor:
+        """Total loss: sum over valid tasks of ``task_weight * L_c + regularizer``."""
+        per_task = self.task_weights(w).to(losses.dtype) * losses + self.regularizer(w).to(
+            losses.dtype
+        )
+        return (valid.to(losses.dtype) * per_task).sum()
+
+
+WEIGHTING_MODES: dict[str, type[WeightingMode]] = {}
+
+
+def register_weighting_mode(cls: type[WeightingMode]) -> type[WeightingMode]:
+    """Class decorator: make ``cls`` available as ``weighting=cls.name``."""
+    if not cls.name:
+        raise ValueError(f"register_weighting_mode: {cls.__name__}.name must be set")
+    WEIGHTING_MODES[cls.name] = cls
+    return cls
+
+
+@register_weighting_mode
+class UncertaintyWeighting(WeightingMode):
+    """``sum_c exp(-s_c) L_c + s_c / 2`` (Kendall et al. 2018; SPEC section 4)."""
+
+    name = "uncertainty"
+    learnable = True
+
+    def task_weights(self, w: TaskWeighting) -> Tensor:
+        return torch.exp(-w.log_vars)
+
+    def regularizer(self, w: TaskWeighting) -> Tensor:
+        return 0.5 * w.log_vars
+
+
+@register_weighting_mode
+class TemperatureWeighting(WeightingMode):
+    """``sum_c L_c(tau exp(s_c)) + s_c / 2``: sigma_c^2 scales the temperature (SPEC 4)."""
+
+    name = "temperature"
+    learnable = True
+
+    def temperature_factors(self, w: TaskWeighting) -> Tensor:
+        return torch.exp(w.log_vars)
+
+    def regularizer(self, w: TaskWeighting) -> Tensor:
+        return 0.5 * w.log_vars
+
+
+@register_weighting_mode
+class EqualWeighting(WeightingMode):
+    """``sum_c L_c`` (the plain-sum ablation)."""
+
+    name = "equal"
+
+
+@register_weighting_mode
+class FixedWeighting(WeightingMode):
+    """``sum_c w_c L_c`` with user-given weights."""
+
+    name = "fixed"
+    uses_weights = True
+
+    def task_weights(self, w: TaskWeighting) -> Tensor:
+        return w.fixed_weights.clone()
+
+
+class TaskWeighting(nn.Module):
+    r"""Combine C task losses into one scalar (SPEC section 4).
+
+    Args:
+        num_tasks: C >= 1.
+        mode: a key of :data:`WEIGHTING_MODES` (``uncertainty``, ``temperature``,
+            ``equal``, ``fixed``).
+        weights: (C,) non-negative finite weights, required for ``fixed`` and
+            rejected otherwise.
+        owner: class name used in error messages.
+
+    Attributes:
+        log_vars: ``nn.Parameter`` (C,), :math:`s_c = \log\sigma_c^2`, zeros at start;
+            ``requires_grad`` only in learned modes.
+        fixed_weights: (C,) buffer, the ``fixed`` weights (ones otherwise).
+
+    Calling the module with ``losses`` (C,) and ``valid`` (C,) bool returns
+    :math:`\sum_{c:\,valid_c} [m_c L_c + r_c]`, with the mode's multiplier
+    :math:`m_c` (:meth:`task_weights`) and regulariser :math:`r_c`.
+
+    Example:
+        >>> import torch
+        >>> w = TaskWeighting(3, "fixed", weights=[1.0, 0.5, 0.0])
+        >>> w(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([True, True, True]))
+        tensor(3.)
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        mode: str = "uncertainty",
+        weights: Sequence[float] | Tensor | None = None,
+        *,
+        owner: str = "TaskWeighting",
+    ) -> None:
+        super().__init__()
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"{owner}: num_tasks must be an integer >= 1, got {num_tasks!r}")
+        if not isinstance(mode, str) or mode not in WEIGHTING_MODES:
+            known = ", ".join(repr(k) for k in WEIGHTING_MODES)
+            raise ValueError(f"{owner}: weighting must be one of {known}, got {mode!r}")
+        strategy = WEIGHTING_MODES[mode]()
+        fixed = torch.ones(num_tasks)
+        if strategy.uses_weights:
+            if weights is None:
+                raise ValueError(
+                    f"{owner}: weights must be given for weighting={mode!r}: "
+                    f"{num_tasks} non-negative numbers, got None"
+                )
+            fixed = self._check_weights(owner, weights, num_tasks)
+        elif weights is not None:
+            raise ValueError(
+                f"{owner}: weights are only used with weighting='fixed', got weights={weights!r} "
+                f"with weighting={mode!r}"
+            )
+        self.num_tasks = num_tasks
+        self.mode = mode
+        self.strategy = strategy
+        self.log_vars = nn.Parameter(torch.zeros(num_tasks), requires_grad=strategy.learnable)
+        self.register_buffer("fixed_weights", fixed)
+
+    @staticmethod
+    def _check_weights(owner: str, weights: Sequence[float] | Tensor, c: int) -> Tensor:
+        try:
+            values = [
+                float(x) for x in (weights.tolist() if isinstance(weights, Tensor) else weights)
+            ]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{owner}: weights must be a sequence of {c} non-negative numbers, got {weights!r}"
+            ) from None
+        if len(values) != c:
+            raise ValueError(
+                f"{owner}: weights must have one value per task ({c}), got {len(values)}: {values}"
+            )
+        if any(not math.isfinite(x) or x < 0 for x in values):
+            raise ValueError(f"{owner}: weights must be finite and non-negative, got {values}")
+        return torch.tensor(values, dtype=torch.float32)
+
+    def task_weights(self) -> Tensor:
+        """(C,) effective multiplier on each L_c (exp(-s_c), 1, or the fixed weights)."""
+        return self.strategy.task_weights(self)
+
+    def temperature_factors(self) -> Tensor:
+        """(C,) factor on each task's temperature (exp(s_c) for ``temperature``, else 1)."""
+        return self.strategy.temperature_factors(self)
+
+    def forward(self, losses: Tensor, valid: Tensor) -> Tensor:
+        """Total loss from per-task ``losses`` (C,) and ``valid`` (C,) bool."""
+        if tuple(losses.shape) != (self.num_tasks,) or tuple(valid.shape) != (self.num_tasks,):
+            raise ValueError(
+                f"TaskWeighting: losses and valid must have shape (C,) = ({self.num_tasks},), "
+                f"got {tuple(losses.shape)} and {tuple(valid.shape)}"
+            )
+        return self.strategy.combine(self, losses, valid.to(torch.bool))
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, mode={self.mode!r}"
