@@ -1,0 +1,210 @@
+"""UT-Zappos50K and MEDIC converters on tiny fixtures that mimic the real release layouts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mscon.data import DataError, convert_medic, convert_zappos50k, load_dataset
+from mscon.data.zappos import first_value, heel_inches
+
+ZAPPOS_HEADER = "CID,Category,SubCategory,HeelHeight,Insole,Closure,Gender,Material,ToeStyle"
+# (CID, category, subcategory, heel, closure, gender, brand folder on disk, brand in image-path.mat)
+ZAPPOS_ROWS = [
+    ("100627-72", "Shoes", "Oxfords", "", "Lace up", "Men", "Bostonian", "Bostonian"),
+    (
+        "7965307-5291",
+        "Boots",
+        "Ankle",
+        "1in - 1 3/4in",
+        "Zipper;Buckle",
+        "Women",
+        "Neil M%2E",
+        "Neil M.",
+    ),
+    ("8012-1", "Boots", "Ankle", "3in - 3 3/4in", "", "Men;Women", "Levi's&#174;", "Levi's"),
+    ("555-9", "Sandals", "Flat", "Flat", "Buckle", "Girls", "Keen", "Keen"),
+    ("777-3", "Shoes", "Heels", "5in & over", "Slip-On", "Women", "Nine West", "Nine West"),
+]
+
+
+def _jpeg(path: Path, colour=(200, 30, 30), size=(20, 15)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, quality=90)
+
+
+def make_zappos(root: Path, with_mat: bool = True, skip_image: str | None = None) -> Path:
+    """The release layout: images-square/CAT/SUB/BRAND/CID.jpg, meta-data.csv, image-path.mat."""
+    data_dir = root / "ut-zap50k-data"
+    data_dir.mkdir(parents=True)
+    lines, mat_paths = [ZAPPOS_HEADER], []
+    for cid, cat, sub, heel, closure, gender, disk_brand, mat_brand in ZAPPOS_ROWS:
+        name = cid.replace("-", ".") + ".jpg"
+        if cid != skip_image:
+            _jpeg(root / "ut-zap50k-images-square" / cat / sub / disk_brand / name)
+        mat_paths.append(f"{cat}/{sub}/{mat_brand}/{name}")
+        lines.append(f'{cid},{cat},{sub},{heel},Padded,"{closure}",{gender},Leather;Suede,Round')
+    (data_dir / "meta-data.csv").write_text("\n".join(lines) + "\n")
+    if with_mat:
+        from scipy.io import savemat
+
+        cells = np.empty((len(mat_paths), 1), dtype=object)
+        for i, p in enumerate(mat_paths):
+            cells[i, 0] = p
+        savemat(data_dir / "image-path.mat", {"imagepath": cells})
+    return root
+
+
+def test_zappos_converter(tmp_path):
+    src = make_zappos(tmp_path / "zappos")
+    out = convert_zappos50k(str(src), str(tmp_path / "out"))
+    data = load_dataset(str(out), image_size=8, split={"train": 0.6, "test": 0.4})
+    assert len(data) == 5
+    assert set(data.columns()) >= {
+        "category",
+        "subcategory",
+        "closure",
+        "gender",
+        "brand",
+        "heel_height",
+    }
+
+    def names(column):
+        return [data.classes[column][i] if i >= 0 else None for i in data.labels[column].tolist()]
+
+    assert names("brand") == ["Bostonian", "Neil M", "Levi's", "Keen", "Nine West"]
+    assert names("gender") == ["Men", "Women", "Men", "Girls", "Women"]  # first of "Men;Women"
+    assert names("closure") == ["Lace up", "Zipper", None, "Buckle", "Slip-On"]
+    assert names("material") == ["Leather"] * 5
+    assert data.is_continuous("heel_height")
+    heel = data.labels["heel_height"].tolist()
+    assert math.isnan(heel[0]) and heel[1:] == [1.375, 3.375, 0.0, 5.5]
+    assert data.images[0, 0].float().mean() > 150  # the red fixture images, read in place
+
+
+def test_zappos_without_mat_matches_by_cid(tmp_path):
+    src = make_zappos(tmp_path / "zappos", with_mat=False)
+    data = load_dataset(str(convert_zappos50k(src, tmp_path / "out")), image_size=4)
+    brands = [data.classes["brand"][i] for i in data.labels["brand"].tolist()]
+    assert brands == ["Bostonian", "Neil M", "Levi's", "Keen", "Nine West"]
+
+
+def test_zappos_drops_rows_without_images(tmp_path):
+    src = make_zappos(tmp_path / "zappos", skip_image="555-9")
+    with pytest.warns(UserWarning, match="1 of 5 rows have no image"):
+        out = convert_zappos50k(src, tmp_path / "out")
+    assert len((out / "labels.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_zappos_errors(tmp_path):
+    with pytest.raises(DataError, match="no ut-zap50k-data/meta-data.csv"):
+        convert_zappos50k(tmp_path, tmp_path / "out")
+    src = make_zappos(tmp_path / "zappos")
+    meta = src / "ut-zap50k-data" / "meta-data.csv"
+    meta.write_text(meta.read_text().replace("Gender", "Sex", 1))
+    with pytest.raises(DataError, match=r"meta-data.csv: no column 'Gender'; available: CID"):
+        convert_zappos50k(src, tmp_path / "out")
+
+
+def test_heel_and_first_value_helpers():
+    assert heel_inches("Under 1in") == 0.5 and heel_inches("  2in -  2 3/4in ") == 2.375
+    assert heel_inches("4in - 4 3/4in") == 4.375 and math.isnan(heel_inches("tall"))
+    assert heel_inches("6in") == 6.0
+    assert first_value(" Boys;Girls ") == "Boys" and first_value("") == ""
+
+
+MEDIC_HEADER = (
+    "event_name\timage_id\timage_path\tdamage_severity\tinformative\thumanitarian\tdisaster_types"
+)
+
+
+def make_medic(root: Path, drop_column: str | None = None, skip_dev: bool = False) -> Path:
+    """src/MEDIC/MEDIC_{train,dev,test}.tsv + data/<source>/<event>/<id>.jpg."""
+    release = root / "MEDIC"
+    rows = {
+        "train": [
+            (
+                "harvey",
+                "1",
+                "severe",
+                "informative",
+                "infrastructure_and_utility_damage",
+                "hurricane",
+            ),
+            ("harvey", "2", "", "not_informative", "not_humanitarian", "not_disaster"),
+            ("nepal_eq", "3", "mild", "informative", "", "earthquake"),
+        ],
+        "dev": [
+            (
+                "nepal_eq",
+                "4",
+                "little_or_none",
+                "informative",
+                "rescue_volunteering_or_donation_effort",
+                "earthquake",
+            )
+        ],
+        "test": [
+            ("maria", "5", "severe", "informative", "affected_injured_or_dead_people", "hurricane"),
+            ("maria", "6", "mild", "not_informative", "not_humanitarian", "flood"),
+        ],
+    }
+    header = MEDIC_HEADER.split("\t")
+    for split, entries in rows.items():
+        if split == "dev" and skip_dev:
+            continue
+        lines = []
+        for event, image_id, *labels in entries:
+            image_path = f"data/crisismmd/{event}/{image_id}.jpg"
+            _jpeg(release / image_path, colour=(30, 30, 200))
+            lines.append([event, image_id, image_path, *labels])
+        keep = [i for i, h in enumerate(header) if h != drop_column]
+        text = ["\t".join(header[i] for i in keep)] + [
+            "\t".join(line[i] for i in keep) for line in lines
+        ]
+        (release / f"MEDIC_{split}.tsv").write_text("\n".join(text) + "\n")
+    return root
+
+
+def test_medic_converter(tmp_path):
+    src = make_medic(tmp_path / "medic")
+    out = convert_medic(str(src), str(tmp_path / "out"))
+    data = load_dataset(str(out), image_size=8)
+    assert len(data) == 6
+    assert data.split.tolist() == ["train", "train", "train", "val", "test", "test"]
+    assert set(data.columns()) == {
+        "damage_severity",
+        "informative",
+        "humanitarian",
+        "disaster_types",
+        "event_name",
+    }
+    assert data.labels["damage_severity"][1] == -1 and data.labels["humanitarian"][2] == -1
+    assert data.classes["damage_severity"] == ["little_or_none", "mild", "severe"]
+    assert data.label_matrix(["damage_severity", "informative"]).shape == (6, 2)
+    assert data.images[0, 2].float().mean() > 150
+
+
+def test_medic_errors(tmp_path):
+    with pytest.raises(DataError, match="no MEDIC_train.tsv"):
+        convert_medic(tmp_path, tmp_path / "out")
+    src = make_medic(tmp_path / "a", drop_column="humanitarian")
+    with pytest.raises(
+        DataError, match=r"MEDIC_train.tsv: no column 'humanitarian'; available: event_name"
+    ):
+        convert_medic(src, tmp_path / "out")
+    src = make_medic(tmp_path / "b", skip_dev=True)
+    with pytest.raises(DataError, match="MEDIC_dev.tsv: no such file"):
+        convert_medic(src, tmp_path / "out")
+
+
+def test_medic_drops_rows_with_missing_images(tmp_path):
+    src = make_medic(tmp_path / "medic")
+    (src / "MEDIC" / "data" / "crisismmd" / "maria" / "6.jpg").unlink()
+    with pytest.warns(UserWarning, match="1 rows name a missing image"):
+        out = convert_medic(src, tmp_path / "out")
+    assert len(load_dataset(str(out), image_size=4)) == 5
