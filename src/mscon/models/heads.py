@@ -1,0 +1,129 @@
+"""Heads on top of the shared encoder: projection heads (contrastive) and linear classifiers.
+
+* :class:`ProjectionHead`: SupCon's head, Linear(D, H) -> [BatchNorm] -> ReLU -> Linear(H, d),
+  H = D unless given, d = 128 (SPEC section 4). SCE's projector uses the BatchNorm.
+* :class:`MultiHead`: one projection head per similarity, outputs stacked to (C, B, d), the
+  input :class:`~mscon.losses.MSConLoss` takes. Outputs are not normalised (the losses do it).
+* :class:`LinearHeads`: one linear classifier per task for multi-task cross-entropy.
+
+Example:
+    >>> import torch
+    >>> h = torch.randn(4, 32)
+    >>> MultiHead(32, num_heads=3, out_dim=16)(h).shape
+    torch.Size([3, 4, 16])
+    >>> [t.shape for t in LinearHeads(32, [5, 2])(h)]
+    [torch.Size([4, 5]), torch.Size([4, 2])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer MLP projection g: Linear(D, H) -> [BatchNorm1d(H)] -> ReLU -> Linear(H, d).
+
+    Args:
+        in_dim: D, the encoder's feature dimension.
+        out_dim: d, the embedding dimension (128 as in SupCon).
+        hidden_dim: H; defaults to ``in_dim``.
+        batch_norm: add BatchNorm1d after the first linear layer (SCE's projector); the
+            first linear layer then has no bias.
+
+    Example:
+        >>> import torch
+        >>> ProjectionHead(64)(torch.randn(5, 64)).shape
+        torch.Size([5, 128])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 128,
+        hidden_dim: int | None = None,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = hidden_dim or in_dim
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)]
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Map features (B, D) to embeddings (B, d), not normalised."""
+        return self.net(h)
+
+
+class MultiHead(nn.Module):
+    """One :class:`ProjectionHead` per similarity; ``forward`` stacks their outputs.
+
+    Args:
+        in_dim: D, the encoder's feature dimension.
+        num_heads: C, the number of similarities.
+        out_dim: d, each head's embedding dimension.
+        hidden_dim: each head's hidden width (default D).
+        batch_norm: BatchNorm in each head (see :class:`ProjectionHead`).
+
+    Example:
+        >>> import torch
+        >>> MultiHead(8, 2, out_dim=4)(torch.randn(3, 8)).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_heads: int,
+        out_dim: int = 128,
+        hidden_dim: int | None = None,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads: expected >= 1, got {num_heads}")
+        self.heads = nn.ModuleList(
+            ProjectionHead(in_dim, out_dim, hidden_dim, batch_norm) for _ in range(num_heads)
+        )
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Map features (B, D) to per-head embeddings (C, B, d), not normalised."""
+        return torch.stack([head(h) for head in self.heads])
+
+
+class LinearHeads(nn.Module):
+    """A linear classifier per task: logits_c = W_c h + b_c.
+
+    Args:
+        in_dim: D, the encoder's feature dimension.
+        num_classes: K_c for each of the C tasks.
+
+    Example:
+        >>> import torch
+        >>> [t.shape for t in LinearHeads(8, [3, 7])(torch.randn(2, 8))]
+        [torch.Size([2, 3]), torch.Size([2, 7])]
+    """
+
+    def __init__(self, in_dim: int, num_classes: Sequence[int]) -> None:
+        super().__init__()
+        if len(num_classes) == 0 or min(num_classes) < 1:
+            raise ValueError(
+                f"num_classes: expected a non-empty list of ints >= 1, got {num_classes}"
+            )
+        self.num_classes = [int(k) for k in num_classes]
+        self.classifiers = nn.ModuleList(nn.Linear(in_dim, k) for k in self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.classifiers)
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Map features (B, D) to a list of C logit tensors (B, K_c)."""
+        return [classifier(h) for classifier in self.classifiers]
