@@ -5,3 +5,13 @@ The losses live in :mod:`mscon.losses`; a trained encoder is loaded with
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["embed", "load_encoder"]
+
+
+def __getattr__(name: str):  # lazy, so `import mscon` stays cheap
+    if name in __all__:
+        from mscon import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mscon' has no attribute {name!r}")

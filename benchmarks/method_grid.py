@@ -1,0 +1,123 @@
+"""Train and evaluate a grid of (variant x seed) runs; print mean ± std per task.
+
+Each variant is a label and a list of config overrides applied on top of a base
+config (``configs/demo.yaml`` by default). Finished runs (an ``eval.json`` in
+their folder) are skipped, so an interrupted grid continues where it stopped.
+
+Examples:
+    # MSCon against its baselines, 3 seeds (docs/results.md):
+    python benchmarks/method_grid.py --out runs/methods --seeds 0 1 2 \\
+        --variant mscon method.name=mscon --variant supcon method.name=supcon \\
+        --variant multitask_ce method.name=multitask_ce --variant simclr method.name=simclr
+
+Outputs OUT/grid.json (every run's eval.json and final weights) and OUT/grid.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+
+def parse_variants(items: list[list[str]]) -> dict[str, list[str]]:
+    variants = {}
+    for item in items:
+        label, *overrides = item
+        variants[label] = overrides
+    return variants
+
+
+def run_one(base: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    from mscon.config import load_config
+    from mscon.evaluate import evaluate_run
+    from mscon.report import read_metrics
+    from mscon.train import train
+
+    if (out / "eval.json").is_file():
+        result = json.loads((out / "eval.json").read_text())
+    else:
+        config = load_config(base, [*overrides, f"out={out}", "train.progress=false"])
+        train(config, overwrite=True)
+        result = evaluate_run(out)
+    metrics = read_metrics(out)
+    result["final_weights"] = metrics[-1].get("weights") if metrics else None
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: one row per variant and task (mean ± std over seeds)."""
+    lines = [
+        "| variant | task | domain | linear top-1 | kNN top-1 | final weight | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in results.items():
+        for task, row in runs[0]["tasks"].items():
+            if "linear_top1" not in row:
+                continue
+            linear = [r["tasks"][task]["linear_top1"] for r in runs]
+            knn = [r["tasks"][task]["knn_top1"] for r in runs]
+            weights = [
+                r["final_weights"][task]
+                for r in runs
+                if r.get("final_weights") and task in r["final_weights"]
+            ]
+            weight = f"{statistics.mean(weights):.3f}" if weights else "–"
+            lines.append(
+                f"| {label} | {task} | {row['domain']} | {mean_std(linear)} | "
+                f"{mean_std(knn)} | {weight} | {len(runs)} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base", default="demo", help="base config (file or name in configs/)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("LABEL", "KEY=VALUE"),
+        help="a label and its overrides",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="overrides for every run",
+    )
+    args = parser.parse_args()
+    variants = parse_variants(args.variant)
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in variants}
+    for seed in args.seeds:  # seeds outermost: a cut-short grid still compares variants
+        for label, overrides in variants.items():
+            start = time.perf_counter()
+            run_dir = args.out / label / f"seed{seed}"
+            overrides = [*args.overrides, *overrides, f"seed={seed}", f"name={label}"]
+            results[label].append(run_one(args.base, overrides, run_dir))
+            print(f"{label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    (args.out / "grid.json").write_text(json.dumps(results, indent=1))
+    table = summarise(results)
+    command = "python benchmarks/method_grid.py " + " ".join(
+        f"--variant {label} {' '.join(o)}".strip() for label, o in variants.items()
+    )
+    (args.out / "grid.md").write_text(f"{table}\n\nseeds {args.seeds}; {command}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""MSCon (SPEC section 4): one projection head and one SupCon loss per similarity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mscon.losses import MSConLoss
+from mscon.methods.base import Method
+from mscon.models.heads import MultiHead
+
+
+class MSCon(Method):
+    """Shared encoder, a head per similarity, learned similarity weights."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_dim: int,
+        columns: list[str],
+        *,
+        temperature: float = 0.1,
+        weighting: str = "uncertainty",
+        weights: list[float] | None = None,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__(encoder, feature_dim, columns)
+        self.heads = MultiHead(feature_dim, len(columns), projection_dim, hidden_dim)
+        self.loss_fn = MSConLoss(
+            len(columns), temperature=temperature, weighting=weighting, weights=weights
+        )
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, num_views = views.shape[:2]
+        z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
+        z = z.view(z.shape[0], batch, num_views, -1)
+        return {"loss": self.loss_fn(z, labels)}
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        return [self.loss_fn.log_vars]
+
+    def log_values(self) -> dict[str, Any]:
+        losses = self.loss_fn.last_losses.tolist()
+        weights = self.loss_fn.task_weights().detach().tolist()
+        return {
+            "loss_per_similarity": dict(zip(self.columns, losses, strict=True)),
+            "weights": dict(zip(self.columns, weights, strict=True)),
+        }

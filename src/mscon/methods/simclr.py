@@ -1,0 +1,44 @@
+"""SimCLR (SPEC section 2): instance discrimination, no labels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mscon.losses import NTXentLoss, SupConLoss
+from mscon.methods.base import Method
+from mscon.models.heads import ProjectionHead
+
+
+class SimCLR(Method):
+    """NT-Xent on a projection of the encoder's features.
+
+    With two views this is :class:`~mscon.losses.NTXentLoss`; with V > 2 views
+    it is SupCon with the views of each image as the positives (the same
+    equation generalised).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_dim: int,
+        columns: list[str],
+        *,
+        temperature: float = 0.5,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__(encoder, feature_dim, columns)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim)
+        self.pair_loss = NTXentLoss(temperature=temperature)
+        self.multi_view_loss = SupConLoss(temperature=temperature)
+
+    @property
+    def trained_columns(self) -> list[str]:
+        return []
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.head(self.encode_views(views).flatten(0, 1)).view(*views.shape[:2], -1)
+        if z.shape[1] == 2:
+            return {"loss": self.pair_loss(z[:, 0], z[:, 1])}
+        return {"loss": self.multi_view_loss(z)}

@@ -1,0 +1,37 @@
+"""Single-similarity SupCon (SPEC section 3): the first of ``data.similarities``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mscon.losses import SupConLoss
+from mscon.methods.base import Method
+from mscon.models.heads import ProjectionHead
+
+
+class SupCon(Method):
+    """Supervised contrastive learning on one label column (the first one given)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_dim: int,
+        columns: list[str],
+        *,
+        temperature: float = 0.1,
+        form: str = "out",
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__(encoder, feature_dim, columns)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim)
+        self.loss_fn = SupConLoss(temperature=temperature, form=form)
+
+    @property
+    def trained_columns(self) -> list[str]:
+        return self.columns[:1]
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.head(self.encode_views(views).flatten(0, 1)).view(*views.shape[:2], -1)
+        return {"loss": self.loss_fn(z, labels[:, 0])}

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny configs that train in a second or two on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def tiny_overrides(out, method: str = "mscon", **extra) -> list[str]:
+    """Overrides that shrink configs/demo.yaml to a 2-epoch, 4-steps-per-epoch run."""
+    values = {
+        "out": str(out),
+        "method.name": method,
+        "data.synthetic_size": 96,
+        "data.image_size": 16,
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.warmup_epochs": 0.5,
+        "train.log_every": 1,
+        "train.progress": "false",
+        "train.tensorboard": "false",
+        "eval.batch_size": 64,
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A factory: tiny_config(method="mscon", **overrides) -> Config writing to tmp_path/run."""
+    from mscon.config import load_config
+
+    def make(method: str = "mscon", out=None, **extra):
+        return load_config("demo", tiny_overrides(out or tmp_path / "run", method, **extra))
+
+    return make

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from mscon.methods import MSCon, MultiTaskCE, SimCLR, SupCon, build_method
+from mscon.models.backbones import build_backbone
+
+
+def batch(batch_size=8, views=2, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, views, 3, size, size, generator=g)
+    labels = torch.stack(
+        [torch.randint(0, k, (batch_size,), generator=g) for k in (4, 3, 2)], dim=1
+    )
+    labels[0, 1] = -1
+    return images, labels
+
+
+@pytest.mark.parametrize("name", ["simclr", "supcon", "mscon", "multitask_ce"])
+def test_training_step_updates_encoder(name, tiny_config):
+    config = tiny_config(name)
+    encoder, dim = build_backbone("cnn_small")
+    method = build_method(config, encoder, dim, [4, 3, 2])
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    views, labels = batch()
+    before = [p.detach().clone() for p in method.encoder.parameters()]
+    out = method(views, labels)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    optimizer.step()
+    after = list(method.encoder.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_trained_columns():
+    encoder, dim = build_backbone("cnn_small")
+    cols = ["a", "b", "c"]
+    assert SimCLR(encoder, dim, cols).trained_columns == []
+    assert SupCon(encoder, dim, cols).trained_columns == ["a"]
+    assert MSCon(encoder, dim, cols).trained_columns == cols
+    assert MultiTaskCE(encoder, dim, cols, num_classes=[4, 3, 2]).trained_columns == cols
+
+
+def test_multi_similarity_methods_log_weights():
+    encoder, dim = build_backbone("cnn_small")
+    views, labels = batch()
+    for method in (
+        MSCon(encoder, dim, ["a", "b", "c"]),
+        MultiTaskCE(encoder, dim, ["a", "b", "c"], num_classes=[4, 3, 2]),
+    ):
+        method(views, labels)
+        values = method.log_values()
+        assert set(values["loss_per_similarity"]) == {"a", "b", "c"}
+        assert values["weights"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
+
+
+def test_simclr_with_more_views():
+    encoder, dim = build_backbone("cnn_small")
+    views, labels = batch(views=3)
+    loss = SimCLR(encoder, dim, [])(views, labels)["loss"]
+    assert torch.isfinite(loss)
