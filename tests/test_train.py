@@ -95,3 +95,23 @@ def test_log_vars_have_no_weight_decay(tiny_config):
     assert groups[1]["lr"] == 0.001
     assert groups[1]["params"][0] is method.loss_fn.log_vars
     assert all(p is not method.loss_fn.log_vars for p in groups[0]["params"])
+
+
+def test_weight_warmup_keeps_log_vars_fixed(tiny_config, tmp_path):
+    config = tiny_config("mscon", **{"method.weight_warmup_epochs": 1, "train.epochs": 2})
+    train(config, stop_after=4)  # one epoch = 4 steps: still frozen
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert torch.equal(state["model"]["loss_fn.weighting.log_vars"], torch.zeros(3))
+    train(config, resume=True)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert not torch.equal(state["model"]["loss_fn.weighting.log_vars"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("weighting", ["normalized", "excess", "temperature", "equal"])
+def test_weighting_variants_train(tiny_config, weighting):
+    config = tiny_config("mscon", **{"method.weighting": weighting, "train.epochs": 1})
+    run_dir = train(config)
+    last = read_metrics(run_dir)[-1]
+    assert set(last["weights"]) == {"shape", "color", "size"}
+    if weighting == "normalized":
+        assert sum(last["weights"].values()) == pytest.approx(3.0, rel=1e-5)

@@ -73,6 +73,8 @@ class MethodConfig(_Section):
     queue_size: int = Field(4096, ge=0)
     momentum: float = Field(0.99, ge=0, le=1)
     log_var_lr: float | None = Field(None, ge=0)
+    weight_warmup_epochs: float = Field(0.0, ge=0)
+    instance_similarity: bool = False
 
 
 class AugmentConfig(_Section):

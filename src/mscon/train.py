@@ -271,9 +271,16 @@ def train(
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, method)
     warmup = round(t.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup, total_steps)
-    )
+    frozen = round(config.method.weight_warmup_epochs * steps_per_epoch)
+
+    def encoder_schedule(s: int) -> float:
+        return warmup_cosine(s, warmup, total_steps)
+
+    def weight_schedule(s: int) -> float:  # the task weights stay put for `frozen` steps
+        return 0.0 if s < frozen else warmup_cosine(s, warmup, total_steps)
+
+    schedules = [encoder_schedule, weight_schedule][: len(optimizer.param_groups)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     amp_dtype = _amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step = 0

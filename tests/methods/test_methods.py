@@ -58,3 +58,13 @@ def test_simclr_with_more_views():
     views, labels = batch(views=3)
     loss = SimCLR(encoder, dim, [])(views, labels)["loss"]
     assert torch.isfinite(loss)
+
+
+def test_mscon_instance_similarity_head():
+    encoder, dim = build_backbone("cnn_small")
+    method = MSCon(encoder, dim, ["a", "b", "c"], instance_similarity=True)
+    views, labels = batch()
+    loss = method(views, labels)["loss"]
+    assert torch.isfinite(loss)
+    assert list(method.log_values()["weights"]) == ["a", "b", "c", "instance"]
+    assert method.loss_fn.log_vars.shape == (4,)

@@ -170,7 +170,33 @@ class MSConLoss(nn.Module):
             detached = distributed.all_reduce_sum(detached) / distributed.world_size()
         self.last_losses = detached.to(self.last_losses.device, torch.float32)
         self.last_valid = valid.to(self.last_valid.device)
-        return self.weighting(losses, valid)
+        floors = None
+        if self.weighting.needs_floors and self.form == "out":
+            floors = torch.stack(
+                [self._floor(labels[:, i], z.shape[1]) for i, z in enumerate(heads)]
+            ).to(losses.dtype)
+        return self.weighting(losses, valid, floors)
+
+    def _floor(self, labels: Tensor, views: int) -> Tensor:
+        """H_c: the mean of log|P(i)| over the valid anchors (L_out's lower bound)."""
+        if self.gather_distributed and distributed.is_distributed():
+            sizes = distributed.gather_sizes(labels.shape[0], labels.device)
+            everyone = distributed.gather_no_grad(labels, sizes)
+        else:
+            everyone = labels
+        known = everyone[everyone >= 0]
+        if known.numel() == 0:
+            return torch.zeros((), device=labels.device)
+        counts = torch.bincount(known, minlength=int(labels.max().clamp_min(0)) + 1)
+        mine = labels[labels >= 0]
+        positives = (views * counts[mine] - 1).to(torch.float64)
+        logs = torch.log(positives[positives > 0])
+        total = torch.stack(
+            [logs.sum(), torch.tensor(float(logs.numel()), dtype=torch.float64, device=logs.device)]
+        )
+        if self.gather_distributed and distributed.is_distributed():
+            total = distributed.all_reduce_sum(total)
+        return total[0] / total[1].clamp_min(1.0)
 
     def extra_repr(self) -> str:
         return (

@@ -16,6 +16,15 @@ parameter group without weight decay). The modes (the config value
   :meth:`TaskWeighting.temperature_factors` gives :math:`e^{s_c}`.
 * ``equal``: :math:`L = \sum_c L_c` (s fixed at 0, not trained).
 * ``fixed``: :math:`L = \sum_c w_c L_c` with user weights :math:`w_c \ge 0`.
+* ``normalized``: :math:`s_c` learns on the detached losses,
+  :math:`\sum_c [e^{-s_c} \mathrm{sg}(L_c) + s_c/2]` (so :math:`s_c \to \log 2L_c`),
+  and the encoder sees :math:`\sum_c m_c L_c` with the detached multipliers
+  :math:`m = C \cdot \mathrm{softmax}(-s)` (they sum to C: the encoder's total
+  gradient is not shrunk, only shared out).
+* ``excess``: the uncertainty form on the excess over the loss's floor,
+  :math:`\sum_c [e^{-s_c} (L_c - H_c) + s_c/2]`, with :math:`H_c` the mean of
+  :math:`\log|P(i)|` over the valid anchors (the L_out floor; SPEC section 4).
+  The encoder's gradient is that of ``uncertainty``; only the weights differ.
 
 A task with no valid anchor in the batch contributes nothing, its
 :math:`s_c/2` term included (else :math:`s_c` drifts down without bound).
@@ -62,6 +71,7 @@ class WeightingMode:
     name: ClassVar[str] = ""
     learnable: ClassVar[bool] = False
     uses_weights: ClassVar[bool] = False
+    needs_floors: ClassVar[bool] = False
 
     def task_weights(self, w: TaskWeighting) -> Tensor:
         """(C,) effective multiplier on each L_c."""
@@ -75,7 +85,7 @@ class WeightingMode:
         """(C,) term added per task with a valid anchor (s_c / 2 for learned modes)."""
         return torch.zeros_like(w.log_vars)
 
-    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor) -> Tensor:
+    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
         """Total loss: sum over valid tasks of ``task_weight * L_c + regularizer``."""
         per_task = self.task_weights(w).to(losses.dtype) * losses + self.regularizer(w).to(
             losses.dtype
@@ -127,6 +137,35 @@ class EqualWeighting(WeightingMode):
     """``sum_c L_c`` (the plain-sum ablation)."""
 
     name = "equal"
+
+
+@register_weighting_mode
+class NormalizedWeighting(WeightingMode):
+    """Encoder: ``sum_c m_c L_c``, ``m = C softmax(-s)`` detached; s: uncertainty on sg(L)."""
+
+    name = "normalized"
+    learnable = True
+
+    def task_weights(self, w: TaskWeighting) -> Tensor:
+        return w.num_tasks * torch.softmax(-w.log_vars, dim=0)
+
+    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
+        s = w.log_vars.to(losses.dtype)
+        encoder = self.task_weights(w).detach().to(losses.dtype) * losses
+        weights = torch.exp(-s) * losses.detach() + 0.5 * s
+        return (valid.to(losses.dtype) * (encoder + weights)).sum()
+
+
+@register_weighting_mode
+class ExcessWeighting(UncertaintyWeighting):
+    """``sum_c exp(-s_c) (L_c - H_c) + s_c / 2``: uncertainty on the excess loss."""
+
+    name = "excess"
+    needs_floors = True
+
+    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
+        excess = losses - floors.to(losses.dtype)
+        return super().combine(w, excess, valid, floors)
 
 
 @register_weighting_mode
@@ -227,14 +266,25 @@ class TaskWeighting(nn.Module):
         """(C,) factor on each task's temperature (exp(s_c) for ``temperature``, else 1)."""
         return self.strategy.temperature_factors(self)
 
-    def forward(self, losses: Tensor, valid: Tensor) -> Tensor:
-        """Total loss from per-task ``losses`` (C,) and ``valid`` (C,) bool."""
+    @property
+    def needs_floors(self) -> bool:
+        """Whether the mode uses the per-task loss floors H_c (``excess``)."""
+        return self.strategy.needs_floors
+
+    def forward(self, losses: Tensor, valid: Tensor, floors: Tensor | None = None) -> Tensor:
+        """Total loss from per-task ``losses`` (C,), ``valid`` (C,) bool and ``floors`` (C,).
+
+        ``floors`` (the per-task lower bounds H_c, zeros when None) only matter for
+        modes with ``needs_floors``.
+        """
         if tuple(losses.shape) != (self.num_tasks,) or tuple(valid.shape) != (self.num_tasks,):
             raise ValueError(
                 f"TaskWeighting: losses and valid must have shape (C,) = ({self.num_tasks},), "
                 f"got {tuple(losses.shape)} and {tuple(valid.shape)}"
             )
-        return self.strategy.combine(self, losses, valid.to(torch.bool))
+        if floors is None:
+            floors = torch.zeros_like(losses)
+        return self.strategy.combine(self, losses, valid.to(torch.bool), floors)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, mode={self.mode!r}"

@@ -39,6 +39,7 @@ def build_method(
             temperature=m.temperature,
             weighting=m.weighting,
             weights=m.weights,
+            instance_similarity=m.instance_similarity,
             **head,
         )
     if m.name == "multitask_ce":

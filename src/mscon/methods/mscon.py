@@ -13,7 +13,14 @@ from mscon.models.heads import MultiHead
 
 
 class MSCon(Method):
-    """Shared encoder, a head per similarity, learned similarity weights."""
+    """Shared encoder, a head per similarity, learned similarity weights.
+
+    With ``instance_similarity`` one more head (logged as ``instance``) treats
+    the views of each image as its only positives (SimCLR's similarity), weighted
+    like the labelled ones.
+    """
+
+    INSTANCE = "instance"
 
     def __init__(
         self,
@@ -26,26 +33,33 @@ class MSCon(Method):
         weights: list[float] | None = None,
         projection_dim: int = 128,
         hidden_dim: int | None = None,
+        instance_similarity: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
-        self.heads = MultiHead(feature_dim, len(columns), projection_dim, hidden_dim)
+        self.instance_similarity = instance_similarity
+        heads = len(columns) + int(instance_similarity)
+        self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim)
         self.loss_fn = MSConLoss(
-            len(columns), temperature=temperature, weighting=weighting, weights=weights
+            heads, temperature=temperature, weighting=weighting, weights=weights
         )
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, num_views = views.shape[:2]
         z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
+        if self.instance_similarity:
+            instance = torch.arange(batch, device=labels.device).unsqueeze(1)
+            labels = torch.cat([labels, instance], dim=1)
         return {"loss": self.loss_fn(z, labels)}
 
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         return [self.loss_fn.log_vars]
 
     def log_values(self) -> dict[str, Any]:
+        names = self.columns + [self.INSTANCE] * self.instance_similarity
         losses = self.loss_fn.last_losses.tolist()
         weights = self.loss_fn.task_weights().detach().tolist()
         return {
-            "loss_per_similarity": dict(zip(self.columns, losses, strict=True)),
-            "weights": dict(zip(self.columns, weights, strict=True)),
+            "loss_per_similarity": dict(zip(names, losses, strict=True)),
+            "weights": dict(zip(names, weights, strict=True)),
         }
