@@ -56,6 +56,7 @@ class ModelConfig(_Section):
     weights: str | None = None
     projection_dim: int = Field(128, ge=1)
     hidden_dim: int | None = Field(None, ge=1)
+    head_batch_norm: bool = False
 
 
 class MethodConfig(_Section):

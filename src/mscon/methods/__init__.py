@@ -26,7 +26,11 @@ def build_method(
         num_classes: classes per ``data.similarities`` column, in order.
     """
     m, columns = config.method, list(config.data.similarities)
-    head = {"projection_dim": config.model.projection_dim, "hidden_dim": config.model.hidden_dim}
+    head = {
+        "projection_dim": config.model.projection_dim,
+        "hidden_dim": config.model.hidden_dim,
+        "batch_norm": config.model.head_batch_norm,
+    }
     if m.name == "simclr":
         return SimCLR(encoder, feature_dim, columns, temperature=m.temperature, **head)
     if m.name == "supcon":

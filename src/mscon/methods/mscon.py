@@ -33,12 +33,13 @@ class MSCon(Method):
         weights: list[float] | None = None,
         projection_dim: int = 128,
         hidden_dim: int | None = None,
+        batch_norm: bool = False,
         instance_similarity: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
-        self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim)
+        self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
         self.loss_fn = MSConLoss(
             heads, temperature=temperature, weighting=weighting, weights=weights
         )

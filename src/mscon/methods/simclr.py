@@ -27,9 +27,10 @@ class SimCLR(Method):
         temperature: float = 0.5,
         projection_dim: int = 128,
         hidden_dim: int | None = None,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
-        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
         self.pair_loss = NTXentLoss(temperature=temperature)
         self.multi_view_loss = SupConLoss(temperature=temperature)
 

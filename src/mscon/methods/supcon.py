@@ -23,9 +23,10 @@ class SupCon(Method):
         form: str = "out",
         projection_dim: int = 128,
         hidden_dim: int | None = None,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
-        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
         self.loss_fn = SupConLoss(temperature=temperature, form=form)
 
     @property
