@@ -29,6 +29,7 @@ def test_overrides_are_yaml():
         ("data.similarities=[a,a]", "data.similarities"),
         ("noequals", "expected KEY=VALUE"),
         ("train.lr=[1", "not YAML"),
+        ("method.instance_mix=1.0", "method.instance_mix"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
@@ -51,3 +52,17 @@ def test_bad_files(tmp_path):
     unknown.write_text("model: {backbone: resnet18, depth: 3}\n")
     with pytest.raises(ConfigError, match="unknown.yaml: model.depth"):
         load_config(unknown)
+
+
+def test_method_dependent_weighting_defaults():
+    from mscon.config import DEFAULT_INSTANCE_MIX, DEFAULT_WEIGHTING
+
+    mscon = load_config("demo").method
+    assert (mscon.weighting, mscon.instance_mix) == (
+        DEFAULT_WEIGHTING["mscon"],
+        DEFAULT_INSTANCE_MIX["mscon"],
+    )
+    ce = load_config("demo", ["method.name=multitask_ce"]).method
+    assert (ce.weighting, ce.instance_mix) == ("uncertainty", 0.0)
+    explicit = load_config("demo", ["method.weighting=equal", "method.instance_mix=0"]).method
+    assert (explicit.weighting, explicit.instance_mix) == ("equal", 0.0)

@@ -18,10 +18,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ("simclr", "supcon", "mscon", "multitask_ce")
+# Defaults of method.weighting and method.instance_mix per method, filled in when
+# the config leaves them out. MSCon's were chosen by the weights study
+# (docs/results.md, benchmarks/weights_grid.py); multi-task cross-entropy keeps
+# Kendall et al.'s uncertainty weighting (the baseline as published).
+DEFAULT_WEIGHTING = {"mscon": "uncertainty", "multitask_ce": "uncertainty"}
+DEFAULT_INSTANCE_MIX = {"mscon": 0.0}
 
 
 class ConfigError(ValueError):
@@ -63,7 +76,7 @@ class MethodConfig(_Section):
     name: Literal["simclr", "supcon", "mscon", "multitask_ce"] = "mscon"
     temperature: float = Field(0.1, gt=0)
     form: Literal["out", "in"] = "out"
-    weighting: str = "uncertainty"
+    weighting: str | None = None  # None: the method's default (DEFAULT_WEIGHTING)
     weights: list[float] | None = None
     base_loss: str = "supcon"
     divergence: str = "kl"
@@ -76,6 +89,7 @@ class MethodConfig(_Section):
     log_var_lr: float | None = Field(None, ge=0)
     weight_warmup_epochs: float = Field(0.0, ge=0)
     instance_similarity: bool = False
+    instance_mix: float | None = Field(None, ge=0, lt=1)  # None: the method's default
 
 
 class AugmentConfig(_Section):
@@ -118,6 +132,15 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     out: str | None = None
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> Config:
+        name = self.method.name
+        if self.method.weighting is None:
+            self.method.weighting = DEFAULT_WEIGHTING.get(name, "uncertainty")
+        if self.method.instance_mix is None:
+            self.method.instance_mix = DEFAULT_INSTANCE_MIX.get(name, 0.0)
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -68,3 +68,21 @@ def test_mscon_instance_similarity_head():
     assert torch.isfinite(loss)
     assert list(method.log_values()["weights"]) == ["a", "b", "c", "instance"]
     assert method.loss_fn.log_vars.shape == (4,)
+
+
+@pytest.mark.parametrize("weighting", ["relative", "normalized", "excess"])
+def test_mscon_instance_mix_from_config(weighting, tiny_config):
+    config = tiny_config("mscon")
+    config.method.weighting = weighting
+    config.method.instance_mix = 0.5
+    encoder, dim = build_backbone("cnn_small")
+    method = build_method(config, encoder, dim, [4, 3, 2])
+    assert method.loss_fn.instance_mix == 0.5
+    views, labels = batch()
+    loss = method(views, labels)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert method.loss_fn.log_vars.grad is not None
+    weights = method.log_values()["weights"]
+    if weighting != "excess":
+        assert sum(weights.values()) == pytest.approx(3.0)

@@ -51,6 +51,7 @@ __all__ = [
     "l2_normalize",
     "contrastive_cross_entropy",
     "supcon_per_anchor",
+    "mixed_label_targets",
     "valid_means",
     "supcon_loss",
     "ntxent_loss",
@@ -234,8 +235,9 @@ def supcon_per_anchor(
     temperature: float | Tensor,
     form: str = "out",
     gather_distributed: bool = False,
+    instance_mix: float = 0.0,
 ) -> ContrastiveOutput:
-    """SupCon / SimCLR per-anchor losses of the B·V views of a batch (SPEC sections 2-3).
+    r"""SupCon / SimCLR per-anchor losses of the B·V views of a batch (SPEC sections 2-3).
 
     Views are flattened image-major (row ``b * V + v``). Positives of view (b, v):
 
@@ -260,6 +262,10 @@ def supcon_per_anchor(
         temperature: tau > 0 (float or 0-dim tensor).
         form: "out" (L_out) or "in" (L_in).
         gather_distributed: contrast against the candidates of all ranks.
+        instance_mix: :math:`\lambda \in [0, 1)`, only with ``labels``: the target of
+            a valid anchor is :math:`(1-\lambda)` spread uniformly over its label
+            positives plus :math:`\lambda` spread over the other views of its own
+            image (SimCLR's positives), see :func:`mixed_label_targets`. 0 is SupCon.
 
     Returns:
         :class:`ContrastiveOutput` for this rank's B·V anchors.
@@ -279,6 +285,25 @@ def supcon_per_anchor(
     if labels is not None:
         view_labels = labels.to(device=z.device, dtype=torch.long).repeat_interleave(v)
         cand_labels = distributed.gather_no_grad(view_labels, sizes) if use_dist else view_labels
+        if instance_mix > 0 and v > 1:
+            image = torch.arange(b, device=z.device).repeat_interleave(v) + offset // v
+            cand_image = distributed.gather_no_grad(image, sizes) if use_dist else image
+            return contrastive_cross_entropy(
+                z,
+                candidates,
+                temperature=temperature,
+                target_weights=mixed_label_targets(
+                    view_labels,
+                    cand_labels,
+                    image,
+                    cand_image,
+                    self_index,
+                    instance_mix,
+                    compute_dtype(z.dtype),
+                ),
+                self_index=self_index,
+                form=form,
+            )
         return contrastive_cross_entropy(
             z,
             candidates,
@@ -324,6 +349,45 @@ def supcon_per_anchor(
         self_index=self_index,
         form=form,
     )
+
+
+def mixed_label_targets(
+    anchor_labels: Tensor,
+    candidate_labels: Tensor,
+    anchor_image: Tensor,
+    candidate_image: Tensor,
+    self_index: Tensor,
+    instance_mix: float,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    r"""(M, N) targets: :math:`(1-\lambda)` over label positives, :math:`\lambda` over own views.
+
+    Row i (an anchor with a known label) puts :math:`(1-\lambda)/|P(i)|` on each
+    candidate with its label and :math:`\lambda/|I(i)|` more on each other view of its
+    own image (:math:`I(i) \subset P(i)`); the anchor itself gets 0. Rows of anchors
+    with a missing label (-1) or without another view are 0 (not valid anchors).
+    With :math:`\lambda = 0` this is SupCon's uniform target over :math:`P(i)`.
+
+    Example:
+        >>> import torch
+        >>> labels, image = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1])
+        >>> mixed_label_targets(labels, labels, image, image, torch.arange(4), 0.5)[0]
+        tensor([0.0000, 0.6667, 0.1667, 0.1667])
+    """
+    rows = torch.arange(anchor_labels.shape[0], device=anchor_labels.device)
+    not_self = torch.ones(
+        (anchor_labels.shape[0], candidate_labels.shape[0]),
+        dtype=torch.bool,
+        device=anchor_labels.device,
+    )
+    not_self[rows, self_index] = False
+    known = (anchor_labels >= 0).unsqueeze(1)
+    label_pos = (anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)) & not_self & known
+    own_views = (anchor_image.unsqueeze(1) == candidate_image.unsqueeze(0)) & not_self & known
+    label_w = label_pos.to(dtype) / label_pos.sum(1, keepdim=True).clamp_min(1)
+    own_w = own_views.to(dtype) / own_views.sum(1, keepdim=True).clamp_min(1)
+    has_own = own_views.any(1, keepdim=True)
+    return torch.where(has_own, (1 - instance_mix) * label_w + instance_mix * own_w, label_w)
 
 
 def valid_means(

@@ -8,6 +8,7 @@ r"""MSCon: multi-similarity contrastive loss (Mu, Guttag, Makar 2023; SPEC secti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +46,12 @@ class MSConLoss(nn.Module):
         form: the SupCon form, ``"out"`` (default) or ``"in"``.
         gather_distributed: contrast with the views of all ranks; each rank returns
             its share times the world size (see :class:`~mscon.losses.SupConLoss`).
+        instance_mix: :math:`\lambda \in [0, 1)`: each head's target puts
+            :math:`\lambda` on the anchor's own other views and :math:`1-\lambda` on
+            its label positives (:func:`~mscon.losses.functional.mixed_label_targets`).
+            A head whose labels the encoder cannot yet separate then still has a
+            signal (the instance part) and does not collapse to the constant
+            embedding whose loss is :math:`\log(N-1)`. 0 (default) is plain SupCon.
 
     Attributes:
         log_vars: ``nn.Parameter`` (C,), :math:`s_c = \log\sigma_c^2` (train it without
@@ -79,6 +86,7 @@ class MSConLoss(nn.Module):
         *,
         form: str = "out",
         gather_distributed: bool = False,
+        instance_mix: float = 0.0,
     ) -> None:
         super().__init__()
         owner = "MSConLoss"
@@ -94,6 +102,9 @@ class MSConLoss(nn.Module):
         self.temperature = _checks.check_temperature(owner, temperature)
         self.form = _checks.check_choice(owner, "form", form, ("out", "in"))
         self.gather_distributed = bool(gather_distributed)
+        if not (isinstance(instance_mix, (int, float)) and 0.0 <= instance_mix < 1.0):
+            raise ValueError(f"{owner}: instance_mix must be in [0, 1), got {instance_mix!r}")
+        self.instance_mix = float(instance_mix)
         self.weighting = TaskWeighting(num_similarities, weighting, weights, owner=owner)
         self.register_buffer("last_losses", torch.zeros(num_similarities), persistent=False)
         self.register_buffer(
@@ -160,6 +171,7 @@ class MSConLoss(nn.Module):
                 temperature=self.temperature * factors[i],
                 form=self.form,
                 gather_distributed=self.gather_distributed,
+                instance_mix=self.instance_mix,
             )
             for i, z in enumerate(heads)
         ]
@@ -170,15 +182,24 @@ class MSConLoss(nn.Module):
             detached = distributed.all_reduce_sum(detached) / distributed.world_size()
         self.last_losses = detached.to(self.last_losses.device, torch.float32)
         self.last_valid = valid.to(self.last_valid.device)
-        floors = None
-        if self.weighting.needs_floors and self.form == "out":
-            floors = torch.stack(
-                [self._floor(labels[:, i], z.shape[1]) for i, z in enumerate(heads)]
-            ).to(losses.dtype)
-        return self.weighting(losses, valid, floors)
+        floors = chance = None
+        if self.weighting.needs_floors:
+            if self.form == "out":
+                floors = torch.stack(
+                    [self._floor(labels[:, i], z.shape[1]) for i, z in enumerate(heads)]
+                ).to(losses.dtype)
+            candidates = sum(z.shape[0] * z.shape[1] for z in heads[:1])
+            if self.gather_distributed and distributed.is_distributed():
+                candidates *= distributed.world_size()
+            chance = torch.full_like(losses, math.log(max(candidates - 1, 1)))
+        return self.weighting(losses, valid, floors, chance)
 
     def _floor(self, labels: Tensor, views: int) -> Tensor:
-        """H_c: the mean of log|P(i)| over the valid anchors (L_out's lower bound)."""
+        """H_c: the mean over valid anchors of the entropy of the anchor's target.
+
+        The lowest value L_out can take (cross-entropy >= the target's entropy); for
+        plain SupCon (``instance_mix`` = 0) it is log|P(i)| (SPEC section 4).
+        """
         if self.gather_distributed and distributed.is_distributed():
             sizes = distributed.gather_sizes(labels.shape[0], labels.device)
             everyone = distributed.gather_no_grad(labels, sizes)
@@ -190,7 +211,8 @@ class MSConLoss(nn.Module):
         counts = torch.bincount(known, minlength=int(labels.max().clamp_min(0)) + 1)
         mine = labels[labels >= 0]
         positives = (views * counts[mine] - 1).to(torch.float64)
-        logs = torch.log(positives[positives > 0])
+        positives = positives[positives > 0]
+        logs = self._target_entropy(positives, views)
         total = torch.stack(
             [logs.sum(), torch.tensor(float(logs.numel()), dtype=torch.float64, device=logs.device)]
         )
@@ -202,4 +224,17 @@ class MSConLoss(nn.Module):
         return (
             f"num_similarities={self.num_similarities}, temperature={self.temperature}, "
             f"form={self.form!r}"
+        )
+
+    def _target_entropy(self, positives: Tensor, views: int) -> Tensor:
+        """Entropy of an anchor's target given its |P(i)| (float64) label positives."""
+        lam = self.instance_mix if views > 1 else 0.0
+        if lam == 0.0:
+            return torch.log(positives)
+        own = float(views - 1)
+        share_own = lam / own + (1 - lam) / positives  # each other view of its image
+        share_rest = (1 - lam) / positives  # each other label positive
+        rest = positives - own
+        return -own * share_own * torch.log(share_own) - torch.where(
+            rest > 0, rest * share_rest * torch.log(share_rest), torch.zeros_like(rest)
         )

@@ -138,7 +138,8 @@ class MultiTaskCELoss(nn.Module):
             detached = distributed.all_reduce_sum(detached) / distributed.world_size()
         self.last_losses = detached.to(self.last_losses.device, torch.float32)
         self.last_valid = valid.to(self.last_valid.device)
-        return self.weighting(losses, valid)
+        chance = torch.log(torch.tensor(self.num_classes, dtype=losses.dtype, device=losses.device))
+        return self.weighting(losses, valid, torch.zeros_like(losses), chance)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"

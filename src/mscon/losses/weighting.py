@@ -21,6 +21,13 @@ parameter group without weight decay). The modes (the config value
   and the encoder sees :math:`\sum_c m_c L_c` with the detached multipliers
   :math:`m = C \cdot \mathrm{softmax}(-s)` (they sum to C: the encoder's total
   gradient is not shrunk, only shared out).
+* ``relative``: ``normalized`` on the relative excess
+  :math:`r_c = (L_c - H_c)/(U_c - H_c)`, with :math:`U_c` the loss at chance
+  (:math:`\log(N-1)`, that of a collapsed head): :math:`s_c \to \log 2r_c`,
+  multipliers :math:`C\cdot\mathrm{softmax}(-s) \propto 1/r_c`. :math:`r_c` is
+  about 1 for a similarity the encoder cannot learn (noisy labels) and falls as it
+  is learnt, whatever its number of classes. Batches where :math:`U_c - H_c`
+  is about 0 (every view a positive) do not move :math:`s_c`.
 * ``excess``: the uncertainty form on the excess over the loss's floor,
   :math:`\sum_c [e^{-s_c} (L_c - H_c) + s_c/2]`, with :math:`H_c` the mean of
   :math:`\log|P(i)|` over the valid anchors (the L_out floor; SPEC section 4).
@@ -85,7 +92,9 @@ class WeightingMode:
         """(C,) term added per task with a valid anchor (s_c / 2 for learned modes)."""
         return torch.zeros_like(w.log_vars)
 
-    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
+    def combine(
+        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> Tensor:
         """Total loss: sum over valid tasks of ``task_weight * L_c + regularizer``."""
         per_task = self.task_weights(w).to(losses.dtype) * losses + self.regularizer(w).to(
             losses.dtype
@@ -149,7 +158,9 @@ class NormalizedWeighting(WeightingMode):
     def task_weights(self, w: TaskWeighting) -> Tensor:
         return w.num_tasks * torch.softmax(-w.log_vars, dim=0)
 
-    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
+    def combine(
+        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> Tensor:
         s = w.log_vars.to(losses.dtype)
         encoder = self.task_weights(w).detach().to(losses.dtype) * losses
         weights = torch.exp(-s) * losses.detach() + 0.5 * s
@@ -163,9 +174,40 @@ class ExcessWeighting(UncertaintyWeighting):
     name = "excess"
     needs_floors = True
 
-    def combine(self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor) -> Tensor:
+    def combine(
+        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> Tensor:
         excess = losses - floors.to(losses.dtype)
-        return super().combine(w, excess, valid, floors)
+        return super().combine(w, excess, valid, floors, chance)
+
+
+@register_weighting_mode
+class RelativeWeighting(NormalizedWeighting):
+    """``normalized`` on the relative excess ``r_c = (L_c - H_c) / (U_c - H_c)``.
+
+    U_c is the loss at chance (log(N - 1), a constant or collapsed embedding);
+    r_c is 0 at the floor and about 1 at chance whatever the granularity, so the
+    weights ``C softmax(-s)`` (``s_c -> log 2 r_c``) follow how far each similarity
+    is from being learnable, not its number of classes.
+    """
+
+    name = "relative"
+    needs_floors = True
+    MIN_RANGE: ClassVar[float] = 1e-3  # U_c - H_c below this: the batch says nothing
+
+    def combine(
+        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> Tensor:
+        s = w.log_vars.to(losses.dtype)
+        encoder = self.task_weights(w).detach().to(losses.dtype) * losses
+        span = (chance - floors).to(losses.dtype)
+        informative = valid & torch.isfinite(span) & (span > self.MIN_RANGE)
+        safe_span = torch.where(informative, span, torch.ones_like(span))
+        relative = ((losses.detach() - floors.to(losses.dtype)) / safe_span).clamp_min(0.0)
+        weights = torch.exp(-s) * relative + 0.5 * s
+        return (valid.to(losses.dtype) * encoder).sum() + (
+            informative.to(losses.dtype) * weights
+        ).sum()
 
 
 @register_weighting_mode
@@ -271,11 +313,19 @@ class TaskWeighting(nn.Module):
         """Whether the mode uses the per-task loss floors H_c (``excess``)."""
         return self.strategy.needs_floors
 
-    def forward(self, losses: Tensor, valid: Tensor, floors: Tensor | None = None) -> Tensor:
-        """Total loss from per-task ``losses`` (C,), ``valid`` (C,) bool and ``floors`` (C,).
+    def forward(
+        self,
+        losses: Tensor,
+        valid: Tensor,
+        floors: Tensor | None = None,
+        chance: Tensor | None = None,
+    ) -> Tensor:
+        """Total loss from per-task ``losses`` (C,), ``valid`` (C,) bool, ``floors`` (C,).
 
-        ``floors`` (the per-task lower bounds H_c, zeros when None) only matter for
-        modes with ``needs_floors``.
+        ``floors`` (the per-task lower bounds H_c, zeros when None) and ``chance``
+        (C,) (each task's loss at a uniform prediction, e.g. log(N - 1) for a
+        contrastive loss over N - 1 candidates; infinite when None) only matter
+        for modes with ``needs_floors``.
         """
         if tuple(losses.shape) != (self.num_tasks,) or tuple(valid.shape) != (self.num_tasks,):
             raise ValueError(
@@ -284,7 +334,9 @@ class TaskWeighting(nn.Module):
             )
         if floors is None:
             floors = torch.zeros_like(losses)
-        return self.strategy.combine(self, losses, valid.to(torch.bool), floors)
+        if chance is None:
+            chance = torch.full_like(losses, float("inf"))
+        return self.strategy.combine(self, losses, valid.to(torch.bool), floors, chance)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, mode={self.mode!r}"

@@ -44,6 +44,7 @@ def build_method(
             weighting=m.weighting,
             weights=m.weights,
             instance_similarity=m.instance_similarity,
+            instance_mix=m.instance_mix,
             **head,
         )
     if m.name == "multitask_ce":

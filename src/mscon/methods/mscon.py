@@ -17,7 +17,8 @@ class MSCon(Method):
 
     With ``instance_similarity`` one more head (logged as ``instance``) treats
     the views of each image as its only positives (SimCLR's similarity), weighted
-    like the labelled ones.
+    like the labelled ones. With ``instance_mix`` > 0 each head's target mixes in
+    the anchor's own views (see :class:`~mscon.losses.MSConLoss`).
     """
 
     INSTANCE = "instance"
@@ -35,13 +36,18 @@ class MSCon(Method):
         hidden_dim: int | None = None,
         batch_norm: bool = False,
         instance_similarity: bool = False,
+        instance_mix: float = 0.0,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
         self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
         self.loss_fn = MSConLoss(
-            heads, temperature=temperature, weighting=weighting, weights=weights
+            heads,
+            temperature=temperature,
+            weighting=weighting,
+            weights=weights,
+            instance_mix=instance_mix,
         )
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
