@@ -33,7 +33,7 @@ METHODS = ("simclr", "supcon", "mscon", "multitask_ce")
 # the config leaves them out. MSCon's were chosen by the weights study
 # (docs/results.md, benchmarks/weights_grid.py); multi-task cross-entropy keeps
 # Kendall et al.'s uncertainty weighting (the baseline as published).
-DEFAULT_WEIGHTING = {"mscon": "uncertainty", "multitask_ce": "uncertainty"}
+DEFAULT_WEIGHTING = {"mscon": "relative", "multitask_ce": "uncertainty"}
 DEFAULT_INSTANCE_MIX = {"mscon": 0.0}
 
 
