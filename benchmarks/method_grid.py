@@ -35,13 +35,17 @@ def run_one(base: str, overrides: list[str], out: Path) -> dict[str, Any]:
     from mscon.config import load_config
     from mscon.evaluate import evaluate_run
     from mscon.report import read_metrics
-    from mscon.train import train
+    from mscon.train import NonFiniteLossError, train
 
     if (out / "eval.json").is_file():
         result = json.loads((out / "eval.json").read_text())
     else:
         config = load_config(base, [*overrides, f"out={out}", "train.progress=false"])
-        train(config, overwrite=True)
+        try:
+            train(config, overwrite=True)
+        except NonFiniteLossError as error:  # a diverged run is a result, not a crash
+            print(f"{out}: diverged ({error})", flush=True)
+            return {"tasks": {}, "diverged": str(error), "final_weights": None}
         result = evaluate_run(out)
     metrics = read_metrics(out)
     result["final_weights"] = metrics[-1].get("weights") if metrics else None
@@ -61,6 +65,10 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for label, runs in results.items():
+        runs = [r for r in runs if r["tasks"]]  # diverged runs have no accuracies
+        if not runs:
+            lines.append(f"| {label} | – | – | diverged | – | – | 0 |")
+            continue
         for task, row in runs[0]["tasks"].items():
             if "linear_top1" not in row:
                 continue

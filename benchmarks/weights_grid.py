@@ -226,6 +226,8 @@ def main() -> None:
         label: collect(args.out, label, args.seeds, runs)["runs"] for label, runs in raw.items()
     }
     (args.out / "weights.json").write_text(json.dumps(results, indent=1))
+    results = {k: [r for r in v if r["tasks"]] for k, v in results.items()}
+    results = {k: v for k, v in results.items() if v}  # drop variants that diverged
 
     head = [f"{c}: weight at 25/50/100 % | {c} top-1" for c in columns] + [
         f"{t} top-1 (OOD)" for t in ood
