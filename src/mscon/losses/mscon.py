@@ -188,7 +188,7 @@ class MSConLoss(nn.Module):
                 floors = torch.stack(
                     [self._floor(labels[:, i], z.shape[1]) for i, z in enumerate(heads)]
                 ).to(losses.dtype)
-            candidates = sum(z.shape[0] * z.shape[1] for z in heads[:1])
+            candidates = heads[0].shape[0] * heads[0].shape[1]  # B * V views
             if self.gather_distributed and distributed.is_distributed():
                 candidates *= distributed.world_size()
             chance = torch.full_like(losses, math.log(max(candidates - 1, 1)))

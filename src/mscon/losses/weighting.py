@@ -163,8 +163,15 @@ class NormalizedWeighting(WeightingMode):
     ) -> Tensor:
         s = w.log_vars.to(losses.dtype)
         encoder = self.task_weights(w).detach().to(losses.dtype) * losses
-        weights = torch.exp(-s) * losses.detach() + 0.5 * s
-        return (valid.to(losses.dtype) * (encoder + weights)).sum()
+        signal, learns = self.signal(losses.detach(), valid, floors, chance)
+        weights = torch.exp(-s) * signal + 0.5 * s
+        return (valid.to(losses.dtype) * encoder).sum() + (learns.to(losses.dtype) * weights).sum()
+
+    def signal(
+        self, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(C,) what s_c learns on (detached) and (C,) bool which tasks update s_c."""
+        return losses, valid
 
 
 @register_weighting_mode
@@ -195,19 +202,14 @@ class RelativeWeighting(NormalizedWeighting):
     needs_floors = True
     MIN_RANGE: ClassVar[float] = 1e-3  # U_c - H_c below this: the batch says nothing
 
-    def combine(
-        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
-    ) -> Tensor:
-        s = w.log_vars.to(losses.dtype)
-        encoder = self.task_weights(w).detach().to(losses.dtype) * losses
+    def signal(
+        self, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+    ) -> tuple[Tensor, Tensor]:
         span = (chance - floors).to(losses.dtype)
         informative = valid & torch.isfinite(span) & (span > self.MIN_RANGE)
         safe_span = torch.where(informative, span, torch.ones_like(span))
-        relative = ((losses.detach() - floors.to(losses.dtype)) / safe_span).clamp_min(0.0)
-        weights = torch.exp(-s) * relative + 0.5 * s
-        return (valid.to(losses.dtype) * encoder).sum() + (
-            informative.to(losses.dtype) * weights
-        ).sum()
+        relative = ((losses - floors.to(losses.dtype)) / safe_span).clamp_min(0.0)
+        return relative, informative
 
 
 @register_weighting_mode
