@@ -52,6 +52,21 @@ def run_one(base: str, overrides: list[str], out: Path) -> dict[str, Any]:
     return result
 
 
+def run_grid(
+    base: str, out: Path, plan: dict[str, list[str]], seeds: list[int], common: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every (label, seed) of ``plan`` into OUT/LABEL/seedN; {label: [result per seed]}."""
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in plan}
+    for seed in seeds:  # seeds outermost: a cut-short grid still compares variants
+        for label, overrides in plan.items():
+            start = time.perf_counter()
+            run_dir = out / label / f"seed{seed}"
+            overrides = [*common, *overrides, f"seed={seed}", f"name={label}"]
+            results[label].append(run_one(base, overrides, run_dir))
+            print(f"{label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    return results
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
@@ -110,14 +125,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     variants = parse_variants(args.variant)
-    results: dict[str, list[dict[str, Any]]] = {label: [] for label in variants}
-    for seed in args.seeds:  # seeds outermost: a cut-short grid still compares variants
-        for label, overrides in variants.items():
-            start = time.perf_counter()
-            run_dir = args.out / label / f"seed{seed}"
-            overrides = [*args.overrides, *overrides, f"seed={seed}", f"name={label}"]
-            results[label].append(run_one(args.base, overrides, run_dir))
-            print(f"{label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    results = run_grid(args.base, args.out, variants, args.seeds, args.overrides)
     (args.out / "grid.json").write_text(json.dumps(results, indent=1))
     table = summarise(results)
     command = "python benchmarks/method_grid.py " + " ".join(

@@ -27,12 +27,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from method_grid import mean_std, run_one  # noqa: E402
+from method_grid import mean_std, run_grid  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "equal": ["method.weighting=equal", "method.instance_mix=0"],
@@ -214,14 +213,7 @@ def main() -> None:
             plan[run_label(variant, rate)] = [*VARIANTS[variant], *corrupt]
     for name in args.baselines:
         plan[name] = BASELINES[name]
-    raw: dict[str, list[dict[str, Any]]] = {label: [] for label in plan}
-    for seed in args.seeds:  # seeds outermost: a cut-short grid still compares variants
-        for label, overrides in plan.items():
-            start = time.perf_counter()
-            run_dir = args.out / label / f"seed{seed}"
-            overrides = [*args.overrides, *overrides, f"seed={seed}", f"name={label}"]
-            raw[label].append(run_one(args.base, overrides, run_dir))
-            print(f"{label} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    raw = run_grid(args.base, args.out, plan, args.seeds, args.overrides)
     results = {
         label: collect(args.out, label, args.seeds, runs)["runs"] for label, runs in raw.items()
     }
