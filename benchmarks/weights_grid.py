@@ -228,7 +228,7 @@ def main() -> None:
         f"Noisy similarity: {args.noisy}; seeds {args.seeds}; base {args.base}.",
         "",
         "| run | " + " | ".join(head) + " | seeds |",
-        "|---|" + "---|" * (len(head) + 1),
+        "|---|" + "---|" * (2 * len(columns) + len(ood) + 1),
     ]
     for label, runs in results.items():
         if all(c in runs[0]["tasks"] for c in columns):

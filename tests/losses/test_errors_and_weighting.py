@@ -17,7 +17,7 @@ from mscon.losses import (
     TaskWeighting,
     register_weighting_mode,
 )
-from mscon.losses.weighting import WeightingMode
+from mscon.losses.weighting import TemperatureWeighting, WeightingMode
 
 
 def raises(pattern: str):
@@ -202,3 +202,24 @@ def test_registering_a_new_mode_needs_no_caller_change():
         assert abs(loss.item() - 2 * math.log(5)) < 1e-5
     finally:
         del WEIGHTING_MODES["test_normalised"]
+
+
+def test_temperature_mode_is_bounded_for_a_collapsed_head():
+    # Identical projections: the loss is log(N - 1) at any temperature, so only
+    # s/2 moves s. Unbounded, s -> -inf and the logits overflow; clamped, s stops.
+    m = MSConLoss(1, temperature=0.1, weighting="temperature")
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    feats = torch.ones(1, 8, 2, 4) + 1e-4 * torch.randn(1, 8, 2, 4)
+    labels = torch.tensor([[0], [0], [1], [1], [2], [2], [3], [3]])
+    for _ in range(20):
+        opt.zero_grad()
+        loss = m(feats, labels)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+    s = m.log_vars.detach()
+    assert s.item() <= TemperatureWeighting.S_MIN + 1e-6
+    assert m.log_vars.grad.abs().item() == 0.0  # no pull beyond the bound
+    torch.testing.assert_close(
+        m.weighting.temperature_factors().detach(), torch.exp(torch.tensor([-3.0]))
+    )

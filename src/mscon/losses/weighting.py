@@ -13,7 +13,9 @@ parameter group without weight decay). The modes (the config value
   times :math:`e^{-s_c}`), plus :math:`s_c/2`:
   :math:`L = \sum_c [L_c(\tau e^{s_c}) + s_c/2]`. The loss itself is not
   multiplied, so the effective multiplier on :math:`L_c` is 1;
-  :meth:`TaskWeighting.temperature_factors` gives :math:`e^{s_c}`.
+  :meth:`TaskWeighting.temperature_factors` gives :math:`e^{s_c}`. :math:`s_c`
+  is clamped to [-3, 3] (no gradient beyond) so a collapsed head cannot drive
+  the temperature to 0.
 * ``equal``: :math:`L = \sum_c L_c` (s fixed at 0, not trained).
 * ``fixed``: :math:`L = \sum_c w_c L_c` with user weights :math:`w_c \ge 0`.
 * ``normalized``: :math:`s_c` learns on the detached losses,
@@ -129,16 +131,27 @@ class UncertaintyWeighting(WeightingMode):
 
 @register_weighting_mode
 class TemperatureWeighting(WeightingMode):
-    """``sum_c L_c(tau exp(s_c)) + s_c / 2``: sigma_c^2 scales the temperature (SPEC 4)."""
+    """``sum_c L_c(tau exp(s_c)) + s_c / 2``: sigma_c^2 scales the temperature (SPEC 4).
+
+    s_c is used clamped to [S_MIN, S_MAX] in both terms (no gradient beyond): a
+    collapsed head's loss is log(N - 1) at every temperature, so the s_c / 2 term
+    alone would drive s_c, and the temperature, towards 0 until the logits
+    overflow (measured: a NaN loss at step 55 on the synthetic suite).
+    """
 
     name = "temperature"
     learnable = True
+    S_MIN: ClassVar[float] = -3.0  # temperature factor >= e^-3 ~ 0.05
+    S_MAX: ClassVar[float] = 3.0  # temperature factor <= e^3 ~ 20
+
+    def _bounded(self, w: TaskWeighting) -> Tensor:
+        return w.log_vars.clamp(self.S_MIN, self.S_MAX)
 
     def temperature_factors(self, w: TaskWeighting) -> Tensor:
-        return torch.exp(w.log_vars)
+        return torch.exp(self._bounded(w))
 
     def regularizer(self, w: TaskWeighting) -> Tensor:
-        return 0.5 * w.log_vars
+        return 0.5 * self._bounded(w)
 
 
 @register_weighting_mode
