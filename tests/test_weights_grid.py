@@ -1,0 +1,52 @@
+"""The weights study's criteria (benchmarks/weights_grid.py) on hand-made results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import weights_grid  # noqa: E402
+
+COLUMNS = ["fine", "noisy", "coarse"]
+
+
+def run(weights: dict[str, float], top1: dict[str, float]) -> dict:
+    tasks = {c: {"linear_top1": v} for c, v in top1.items()}
+    return {"tasks": tasks, "weights_at": [weights] * len(weights_grid.FRACTIONS)}
+
+
+def row(lines: list[str], variant: str) -> list[str]:
+    (line,) = [x for x in lines if x.startswith(f"| {variant} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_criteria_counts_a_tie_as_not_lowest_and_reads_the_trend_from_clean():
+    top1 = {"fine": 30.0, "noisy": 90.0, "coarse": 70.0, "ood": 20.0}
+    results = {
+        "equal_c000": [run({c: 1.0 for c in COLUMNS}, top1)],
+        "good_c000": [run({"fine": 1.0, "noisy": 1.2, "coarse": 0.8}, top1)],
+        "good_c050": [run({"fine": 1.2, "noisy": 0.7, "coarse": 1.1}, top1)],
+        "good_c100": [run({"fine": 1.3, "noisy": 0.6, "coarse": 1.1}, top1)],
+        "tied_c000": [run({c: 1.0 for c in COLUMNS}, {**top1, "fine": 25.0})],
+        "tied_c050": [run({"fine": 1.2, "noisy": 0.9, "coarse": 0.91}, top1)],
+        "tied_c100": [run({"fine": 1.2, "noisy": 0.95, "coarse": 0.85}, top1)],
+    }
+    lines = weights_grid.criteria(
+        results, ["good", "tied"], [0.0, 0.5, 1.0], COLUMNS, "noisy", ["ood"]
+    )
+    good, tied = row(lines, "good"), row(lines, "tied")
+    assert good[1].startswith("yes") and "(margins -0.40 / -0.50)" in good[1]
+    assert good[2] == "1.20 > 0.70 > 0.60 ✓"
+    assert good[3] == "+0.0 (yes)"
+    assert tied[1].startswith("no (0/2)")  # -0.01 is a tie, +0.10 is not lowest
+    assert tied[2] == "1.00 > 0.90 > 0.95 ✗"
+    assert tied[3] == "+5.0 (no)"  # fine top-1 25 against equal's 30
+
+
+def test_finished_needs_every_seed(tmp_path):
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+    (tmp_path / "seed0" / "eval.json").write_text("{}")
+    assert weights_grid.finished(tmp_path, [0])
+    assert not weights_grid.finished(tmp_path, [0, 1])
