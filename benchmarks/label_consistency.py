@@ -1,0 +1,65 @@
+"""How consistent are a run's training labels with its trained encoder? (issue 5 lead)
+
+For each training similarity, the leave-one-out kNN agreement (k = 20, cosine,
+majority vote) between the labels training saw (``data.corrupt`` applied) and the
+frozen encoder's features of the train split, rescaled so that 0 is chance (the
+sum of squared class frequencies) and 1 is perfect agreement. Unlike the heads'
+losses, this does not depend on whether a projection head collapsed.
+
+Example (docs/results.md):
+    python benchmarks/label_consistency.py runs/weights/relative_c0{00,25,50}/seed0 \
+        runs/weights/relative_c100/seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def consistency(features: torch.Tensor, labels: torch.Tensor, k: int = 20) -> float:
+    """Leave-one-out kNN agreement of ``labels`` (n,) on ``features`` (n, D), 0 = chance."""
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    similarity = f @ f.T
+    similarity.fill_diagonal_(-2.0)  # never one's own neighbour
+    neighbours = similarity.topk(min(k, len(f) - 1), dim=1).indices
+    predicted = torch.mode(labels[neighbours], dim=1).values
+    agreement = (predicted == labels).float().mean().item()
+    frequency = torch.bincount(labels).float() / len(labels)
+    chance = (frequency**2).sum().item()
+    return (agreement - chance) / (1 - chance) if chance < 1 else 0.0
+
+
+def run_consistency(run_dir: Path) -> dict[str, float]:
+    from mscon.data.augment import to_float
+    from mscon.evaluate import extract_features
+    from mscon.train import encoder_from_checkpoint, load_run_config, load_training_data
+
+    config = load_run_config(run_dir)
+    encoder = encoder_from_checkpoint(run_dir, "last")
+    data = load_training_data(config, clean=False).select("train")
+    features = torch.as_tensor(
+        extract_features(encoder, data.images, to_float, batch_size=256, device="cpu")
+    )
+    result = {}
+    for column in config.data.similarities:
+        labels = torch.as_tensor(data.labels[column]).long()
+        known = labels >= 0
+        result[column] = consistency(features[known], labels[known])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (with checkpoints/)")
+    args = parser.parse_args()
+    for run_dir in args.runs:
+        values = run_consistency(run_dir)
+        cells = ", ".join(f"{c} {v:.2f}" for c, v in values.items())
+        print(f"{run_dir}: {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

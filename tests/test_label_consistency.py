@@ -1,0 +1,24 @@
+"""benchmarks/label_consistency.py: kNN agreement of labels with features, 0 = chance."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from label_consistency import consistency  # noqa: E402
+
+
+def test_clustered_labels_are_fully_consistent_and_random_ones_are_at_chance():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(50)
+    centres = torch.eye(8)[:4] * 10
+    features = centres[labels] + torch.randn(200, 8, generator=gen)
+    assert consistency(features, labels) == 1.0
+    shuffled = labels[torch.randperm(200, generator=gen)]
+    assert abs(consistency(features, shuffled)) < 0.15
+    half = labels.clone()
+    half[::2] = shuffled[::2]  # half the labels random: agreement falls, stays above chance
+    assert 0.2 < consistency(features, half) < 0.9
