@@ -117,7 +117,7 @@ def criteria(
 ) -> list[str]:
     """The issue's (a)-(c) per variant, measured against ``equal`` (the plain sum)."""
     lines = [
-        "| variant | (a) noisy weight lowest at every rate > 0 by at least 0.02 (its weight "
+        f"| variant | (a) noisy weight lowest at every rate > 0 by at least {TIE} (its weight "
         "minus the lowest clean one) | (a) its weight falls as noise rises (from 0 %) | "
         "(b) clean in-domain within 2 pts of equal (worst gap) | (c) out-of-domain, mean "
         "over rates |",
@@ -130,6 +130,7 @@ def criteria(
         return statistics.mean(r["tasks"][task]["linear_top1"] for r in runs)
 
     for variant in variants:
+        clean = results.get(run_label(variant, clean_rate))
         noisy_rates = [r for r in rates if r > 0 and run_label(variant, r) in results]
         lowest, trend = "–", "–"
         if noisy_rates and final_weight(results[run_label(variant, noisy_rates[0])], noisy):
@@ -145,15 +146,13 @@ def criteria(
             lowest = ("yes" if all(flags) else f"no ({sum(flags)}/{len(flags)})") + (
                 " (margins " + " / ".join(f"{m:+.2f}" for m in margins) + ")"
             )
-            clean_runs = results.get(run_label(variant, clean_rate))
-            if clean_rate == 0 and clean_runs:  # the trend starts from clean labels
-                weights.insert(0, final_weight(clean_runs, noisy))
+            if clean_rate == 0 and clean:  # the trend starts from clean labels
+                weights.insert(0, final_weight(clean, noisy))
             steps = [b < a for a, b in zip(weights, weights[1:], strict=False)]
             trend = " > ".join(f"{w:.2f}" for w in weights) + (
                 " (one noisy rate)" if not steps else " ✓" if all(steps) else " ✗"
             )
         gap = "–"
-        clean = results.get(run_label(variant, clean_rate))
         if clean and equal:
             gaps = [mean_top1(equal, c) - mean_top1(clean, c) for c in columns]
             gap = f"{max(gaps):+.1f} ({'yes' if max(gaps) <= 2 else 'no'})"
