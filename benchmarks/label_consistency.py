@@ -33,13 +33,14 @@ def consistency(features: torch.Tensor, labels: torch.Tensor, k: int = 20) -> fl
 
 
 def run_consistency(run_dir: Path) -> dict[str, float]:
+    from mscon.data import load_experiment_data
     from mscon.data.augment import to_float
     from mscon.evaluate import extract_features
-    from mscon.train import encoder_from_checkpoint, load_run_config, load_training_data
+    from mscon.runs import encoder_from_checkpoint, load_run_config
 
     config = load_run_config(run_dir)
     encoder = encoder_from_checkpoint(run_dir, "last")
-    data = load_training_data(config, clean=False).select("train")
+    data = load_experiment_data(config.data, config.seed).select("train")
     features = torch.as_tensor(
         extract_features(encoder, data.images, to_float, batch_size=256, device="cpu")
     )

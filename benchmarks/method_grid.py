@@ -1,7 +1,7 @@
 """Train and evaluate a grid of (variant x seed) runs; print mean ± std per task.
 
 Each variant is a label and a list of config overrides applied on top of a base
-config (``configs/demo.yaml`` by default). Finished runs (an ``eval.json`` in
+config (the shipped ``demo`` config by default). Finished runs (an ``eval.json`` in
 their folder) are skipped, so an interrupted grid continues where it stopped.
 
 Examples:
@@ -33,9 +33,10 @@ def parse_variants(items: list[list[str]]) -> dict[str, list[str]]:
 
 def run_one(base: str, overrides: list[str], out: Path) -> dict[str, Any]:
     from mscon.config import load_config
+    from mscon.errors import NonFiniteLossError
     from mscon.evaluate import evaluate_run
-    from mscon.report import read_metrics
-    from mscon.train import NonFiniteLossError, train
+    from mscon.runs import read_metrics
+    from mscon.train import train
 
     if (out / "eval.json").is_file():
         result = json.loads((out / "eval.json").read_text())
@@ -105,7 +106,7 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--base", default="demo", help="base config (file or name in configs/)")
+    parser.add_argument("--base", default="demo", help="base config (YAML file or shipped name)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--variant",

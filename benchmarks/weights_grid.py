@@ -1,7 +1,7 @@
 """Do MSCon's learned weights track label noise rather than granularity? (issue 5)
 
 One command trains every (weighting variant x corruption rate x seed) on the
-synthetic suite (``configs/synthetic.yaml``: training similarities shape_color
+synthetic suite (the shipped ``synthetic`` config: training similarities shape_color
 (64 classes), color (8), size (3); out-of-domain task pattern), with a share of
 one similarity's train labels replaced by random ones (``data.corrupt``), then
 writes:
@@ -72,7 +72,7 @@ def finished(label_dir: Path, seeds: list[int]) -> bool:
 
 def weights_at(run_dir: Path, fractions: tuple[float, ...]) -> list[dict[str, float]]:
     """The logged weights at the records nearest to each fraction of training."""
-    from mscon.report import read_metrics
+    from mscon.runs import read_metrics
 
     records = [r for r in read_metrics(run_dir) if "weights" in r]
     if not records:
@@ -174,7 +174,7 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path, labels: list[str])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mscon.report import read_metrics
+    from mscon.runs import read_metrics
 
     labels = [x for x in labels if results[x] and results[x][0].get("weights_at")]
     if not labels:

@@ -55,14 +55,76 @@ def test_bad_files(tmp_path):
 
 
 def test_method_dependent_weighting_defaults():
-    from mscon.config import DEFAULT_INSTANCE_MIX, DEFAULT_WEIGHTING
-
     mscon = load_config("demo").method
-    assert (mscon.weighting, mscon.instance_mix) == (
-        DEFAULT_WEIGHTING["mscon"],
-        DEFAULT_INSTANCE_MIX["mscon"],
-    )
+    assert (mscon.weighting, mscon.instance_mix) == ("relative", 0.0)
     ce = load_config("demo", ["method.name=multitask_ce"]).method
-    assert (ce.weighting, ce.instance_mix) == ("uncertainty", 0.0)
+    assert ce.weighting == "uncertainty" and not hasattr(ce, "instance_mix")
     explicit = load_config("demo", ["method.weighting=equal", "method.instance_mix=0"]).method
     assert (explicit.weighting, explicit.instance_mix) == ("equal", 0.0)
+
+
+def test_unknown_keys_suggest_the_closest_valid_one():
+    with pytest.raises(ConfigError, match=r"train.epoch: unknown key .*did you mean 'epochs'"):
+        load_config("demo", ["train.epoch=3"])
+    with pytest.raises(
+        ConfigError, match=r"method.temprature: not read by method 'mscon'.*'temperature'"
+    ):
+        load_config("demo", ["method.temprature=0.2"])
+    with pytest.raises(ConfigError, match=r"model.backbone: unknown name 'resnet19'.*'resnet18'"):
+        load_config("demo", ["model.backbone=resnet19"])
+    with pytest.raises(ConfigError, match=r"method.name: unknown name 'mscn'.*'mscon'"):
+        load_config("demo", ["method.name=mscn"])
+
+
+def test_a_key_the_method_does_not_read_is_refused():
+    with pytest.raises(ConfigError, match=r"method.queue_size: not read by method 'mscon'"):
+        load_config("demo", ["method.queue_size=4096"])
+    with pytest.raises(ConfigError, match="method.weighting: unknown name 'nope'"):
+        load_config("demo", ["method.weighting=nope"])
+    with pytest.raises(ConfigError, match=r"method.weighting: not read by method 'supcon'"):
+        load_config("demo", ["method.name=supcon", "method.weighting=equal"])
+    with pytest.raises(ConfigError, match="method.weights: expected 3 values"):
+        load_config("demo", ["method.weighting=fixed", "method.weights=[1, 2]"])
+    with pytest.raises(ConfigError, match="weights must be given with weighting='fixed'"):
+        load_config("demo", ["method.weighting=fixed"])
+
+
+def test_switching_methods_drops_the_files_unread_keys_with_a_notice(tmp_path, capsys):
+    file = tmp_path / "mscon.yaml"
+    file.write_text("method: {name: mscon, temperature: 0.3, instance_mix: 0.2}\n")
+    ce = load_config(file, ["method.name=multitask_ce"]).method
+    assert ce.name == "multitask_ce" and ce.weighting == "uncertainty"
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1
+    assert "method.instance_mix, method.temperature not read by method 'multitask_ce'" in notice[0]
+    supcon = load_config(file, ["method.name=supcon"]).method  # keeps what it reads
+    assert supcon.temperature == 0.3
+    assert load_config(file).method.instance_mix == 0.2  # no switch: nothing dropped
+    assert capsys.readouterr().err.count("not read") == 1
+
+
+def test_method_sections_round_trip_through_yaml():
+    from mscon.config import config_from_yaml, config_to_yaml
+
+    for name in ("simclr", "supcon", "mscon", "multitask_ce"):
+        config = load_config("demo", [f"method.name={name}"])
+        again = config_from_yaml(config_to_yaml(config), "round trip")
+        assert again == config and type(again.method) is type(config.method)
+
+
+def test_views_take_a_recipe_per_view():
+    config = load_config("demo", ["augment.views=[weak, strong]"])
+    assert config.augment.recipes() == ["weak", "strong"]
+    assert load_config("demo", ["augment.views=3"]).augment.recipes() == ["simclr"] * 3
+    with pytest.raises(ConfigError, match="augment.views"):
+        load_config("demo", ["augment.views=[weak, blurry]"])
+    with pytest.raises(ConfigError, match="augment.views"):
+        load_config("demo", ["augment.views=0"])
+
+
+def test_shipped_configs_are_found_by_name_and_listed():
+    from mscon.config import available_configs
+
+    assert {"demo", "synthetic", "zappos50k-mscon", "medic-mscon"} <= set(available_configs())
+    with pytest.raises(ConfigError, match="did you mean 'demo'"):
+        load_config("dmeo")

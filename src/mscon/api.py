@@ -17,7 +17,7 @@ from torch import nn
 
 from mscon.data.augment import to_float
 from mscon.evaluate import extract_features
-from mscon.train import encoder_from_checkpoint, load_run_config
+from mscon.runs import encoder_from_checkpoint, load_run_config
 
 
 def load_encoder(run_dir: str | Path, checkpoint: str = "last") -> nn.Module:

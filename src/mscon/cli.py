@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
     train = commands.add_parser("train", help="train one config")
-    train.add_argument("config", help="YAML file, or a name in configs/")
+    train.add_argument("config", help="YAML file, or the name of a shipped config (demo, ...)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
     train.add_argument("--overwrite", action="store_true", help="start again in an existing run")
@@ -88,7 +88,7 @@ def _embed(args: argparse.Namespace) -> None:
 
     from mscon.api import embed
     from mscon.data import load_dataset
-    from mscon.train import load_run_config
+    from mscon.runs import load_run_config
 
     size = load_run_config(args.run_dir).data.image_size
     images = load_dataset(args.data, image_size=size).images
@@ -136,7 +136,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
-    from mscon.train import NonFiniteLossError
+    from mscon.errors import NonFiniteLossError
 
     try:
         COMMANDS[args.command](args)

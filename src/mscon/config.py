@@ -4,16 +4,33 @@ A config is a tree of pydantic models (:class:`Config`). Files hold any subset o
 the keys; the rest take the defaults below. ``--set KEY=VALUE`` parses VALUE as
 YAML, so ``--set data.similarities=[shape,color]`` and ``--set train.lr=0.05``
 work. Unknown keys and bad values raise :class:`ConfigError` naming the file and
-the dotted key.
+the dotted key (with the closest valid key for a misspelt one), before any data
+is read or any folder is created.
+
+The ``method`` section is typed per method: each registered method
+(:mod:`mscon.methods`) declares its own :class:`MethodConfig` subclass, chosen by
+``method.name``, and a key the chosen method does not read is refused. Which keys
+a method reads may depend on its own options (:meth:`MethodConfig.inactive_keys`).
+
+Switching methods over a file written for another one (``--set method.name=X``,
+as ``mscon demo`` and the grid scripts do): the ``method`` keys that come from the
+file and that X does not read are dropped, with a one-line notice on stderr; the
+keys given with ``--set`` are checked strictly.
 
 Example:
     >>> cfg = load_config(None, ["train.epochs=3", "data.similarities=[shape,size]"])
-    >>> cfg.train.epochs, cfg.data.similarities
-    (3, ['shape', 'size'])
+    >>> cfg.train.epochs, cfg.data.similarities, cfg.method.name, cfg.method.weighting
+    (3, ['shape', 'size'], 'mscon', 'relative')
+    >>> load_config(None, ["method.queue_size=4096"])
+    Traceback (most recent call last):
+    ...
+    mscon.errors.ConfigError: defaults with --set method.queue_size=4096: method.queue_size: ...
 """
 
 from __future__ import annotations
 
+import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,23 +39,39 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-METHODS = ("simclr", "supcon", "mscon", "multitask_ce")
-# Defaults of method.weighting and method.instance_mix per method, filled in when
-# the config leaves them out. MSCon's were chosen by the weights study
-# (docs/results.md, benchmarks/weights_grid.py); multi-task cross-entropy keeps
-# Kendall et al.'s uncertainty weighting (the baseline as published).
-DEFAULT_WEIGHTING = {"mscon": "relative", "multitask_ce": "uncertainty"}
-DEFAULT_INSTANCE_MIX = {"mscon": 0.0}
+from mscon.errors import ConfigError
+from mscon.registry import Registry, did_you_mean
+
+__all__ = [
+    "CONFIG_DIR",
+    "Config",
+    "ConfigError",
+    "MethodConfig",
+    "TaskWeightsConfig",
+    "available_configs",
+    "config_from_dict",
+    "config_from_yaml",
+    "config_to_yaml",
+    "load_config",
+    "resolve_config_path",
+]
+
+CONFIG_DIR = resources.files("mscon") / "configs"
+DEFAULT_METHOD = "mscon"
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file and key."""
+def _checked(registry: Registry, name: str) -> str:
+    """``registry.check(name)`` with the message's key prefix left to pydantic's location."""
+    try:
+        return registry.check(name)
+    except ValueError as error:
+        raise ValueError(str(error).removeprefix(f"{registry.key}: ")) from None
 
 
 class _Section(BaseModel):
@@ -71,31 +104,107 @@ class ModelConfig(_Section):
     hidden_dim: int | None = Field(None, ge=1)
     head_batch_norm: bool = False
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from mscon.models.backbones import BACKBONES
+
+        return _checked(BACKBONES, value)
+
 
 class MethodConfig(_Section):
-    name: Literal["simclr", "supcon", "mscon", "multitask_ce"] = "mscon"
-    temperature: float = Field(0.1, gt=0)
-    form: Literal["out", "in"] = "out"
-    weighting: str | None = None  # None: the method's default (DEFAULT_WEIGHTING)
+    """Base of every method's typed ``method`` section (one subclass per method).
+
+    A subclass sets ``name`` to a ``Literal`` of its registered name, adds the keys
+    the method reads, and may override :meth:`inactive_keys` (keys that its own
+    options switch off) and :meth:`check_config` (checks against the rest of the
+    config, e.g. the batch size).
+    """
+
+    name: str
+
+    @classmethod
+    def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
+        """Keys this method does not read given the raw section ``values``."""
+        return set()
+
+    @classmethod
+    def reads(cls, values: dict[str, Any]) -> list[str]:
+        """The keys the method reads with these ``values``, in declaration order."""
+        inactive = cls.inactive_keys(values)
+        return [k for k in cls.model_fields if k not in inactive]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_inactive(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key in cls.inactive_keys(values):
+                if key in values:
+                    raise ValueError(
+                        f"{key} is not read by method {values.get('name')!r} with these options"
+                    )
+        return values
+
+    def check_config(self, config: Config) -> None:
+        """Raise ValueError when this section does not fit the rest of ``config``."""
+
+
+class TaskWeightsConfig(MethodConfig):
+    """Keys of the methods that weight several tasks (mscon, multitask_ce)."""
+
+    weighting: str = "uncertainty"
     weights: list[float] | None = None
-    base_loss: str = "supcon"
-    divergence: str = "kl"
-    alpha: float = Field(40.0, gt=0)
-    sigma: float = Field(0.5**0.5, gt=0)
-    coeff: float = Field(0.5, ge=0, le=1)
-    temperature_m: float = Field(0.05, gt=0)
-    queue_size: int = Field(4096, ge=0)
-    momentum: float = Field(0.99, ge=0, le=1)
     log_var_lr: float | None = Field(None, ge=0)
     weight_warmup_epochs: float = Field(0.0, ge=0)
-    instance_similarity: bool = False
-    instance_mix: float | None = Field(None, ge=0, lt=1)  # None: the method's default
+
+    @field_validator("weighting")
+    @classmethod
+    def _known_weighting(cls, value: str) -> str:
+        from mscon.losses.weighting import WEIGHTING_MODES
+
+        return _checked(WEIGHTING_MODES, value)
+
+    @model_validator(mode="after")
+    def _weights_with_fixed(self) -> TaskWeightsConfig:
+        from mscon.losses.weighting import WEIGHTING_MODES
+
+        if WEIGHTING_MODES[self.weighting].uses_weights != (self.weights is not None):
+            raise ValueError(
+                f"weights must be given with weighting={self.weighting!r} and only then, "
+                f"got weights={self.weights}"
+            )
+        return self
+
+    def num_tasks(self, config: Config) -> int:
+        """How many losses the weighting combines."""
+        return len(config.data.similarities)
+
+    def check_config(self, config: Config) -> None:
+        count = self.num_tasks(config)
+        if self.weights is not None and len(self.weights) != count:
+            raise ValueError(
+                f"method.weights: expected {count} values (one per weighted loss), "
+                f"got {len(self.weights)}"
+            )
 
 
 class AugmentConfig(_Section):
+    """The views: ``views`` is a count of ``kind`` views, or one recipe per view."""
+
     kind: Literal["simclr", "weak", "strong", "none"] = "simclr"
-    views: int = Field(2, ge=1)
+    views: int | list[Literal["simclr", "weak", "strong", "none"]] = Field(2)
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("views")
+    @classmethod
+    def _at_least_one(cls, value: int | list[str]) -> int | list[str]:
+        if (value if isinstance(value, int) else len(value)) < 1:
+            raise ValueError(f"expected at least one view, got {value}")
+        return value
+
+    def recipes(self) -> list[str]:
+        """The recipe of each view, in order."""
+        return [self.kind] * self.views if isinstance(self.views, int) else list(self.views)
 
 
 class TrainConfig(_Section):
@@ -114,10 +223,39 @@ class TrainConfig(_Section):
     tensorboard: bool = True
     progress: bool = True
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        import torch
+
+        if value != "auto":
+            try:
+                torch.device(value)
+            except RuntimeError:
+                raise ValueError(
+                    f"unknown device {value!r} (auto, cpu, cuda, cuda:1, ...)"
+                ) from None
+        return value
+
+    def torch_device(self):  # -> torch.device (torch is imported lazily)
+        """``auto`` -> CUDA when available, else CPU; anything else as given."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
 
 class EvalConfig(_Section):
     batch_size: int = Field(512, ge=1)
     knn_k: int | None = Field(None, ge=1)
+
+
+def method_config_class(name: object) -> type[MethodConfig]:
+    """The typed ``method`` section of the registered method ``name``."""
+    from mscon.methods import METHODS
+
+    return METHODS.lookup(name).config_class
 
 
 class Config(_Section):
@@ -127,19 +265,26 @@ class Config(_Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodConfig] = Field(
+        default_factory=lambda: method_config_class(DEFAULT_METHOD)(name=DEFAULT_METHOD)
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     out: str | None = None
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _typed_method(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return method_config_class(value.get("name", DEFAULT_METHOD)).model_validate(
+                {"name": DEFAULT_METHOD, **value}
+            )
+        return value
+
     @model_validator(mode="after")
-    def _method_defaults(self) -> Config:
-        name = self.method.name
-        if self.method.weighting is None:
-            self.method.weighting = DEFAULT_WEIGHTING.get(name, "uncertainty")
-        if self.method.instance_mix is None:
-            self.method.instance_mix = DEFAULT_INSTANCE_MIX.get(name, 0.0)
+    def _method_fits(self) -> Config:
+        self.method.check_config(self)
         return self
 
     @property
@@ -150,16 +295,27 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """Find a config file by path, or by name in the project's ``configs/`` folder."""
+def available_configs() -> list[str]:
+    """Names of the configs shipped in the package (``mscon train NAME``)."""
+    return sorted(
+        p.name.removesuffix(".yaml") for p in CONFIG_DIR.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def resolve_config_path(path: str | Path) -> tuple[str, str]:
+    """``(source, text)`` of a config given as a file path or a shipped config's name."""
     candidate = Path(path)
     if candidate.is_file():
-        return candidate
+        return str(candidate), candidate.read_text()
     for name in (candidate.name, f"{candidate.name}.yaml"):
         bundled = CONFIG_DIR / name
         if bundled.is_file():
-            return bundled
-    raise ConfigError(f"{path}: no such config file")
+            return f"{candidate.name.removesuffix('.yaml')} (shipped config)", bundled.read_text()
+    known = available_configs()
+    hint = did_you_mean(candidate.name.removesuffix(".yaml"), known)
+    raise ConfigError(
+        f"{path}: no such config file or shipped config{hint}; shipped: {', '.join(known)}"
+    )
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -187,23 +343,98 @@ def _apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _section_keys(tree: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str, list[str]] | None:
+    """(what, valid keys) of the section at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] = Config
+    what = "the config"
+    for part in loc:
+        if part == "method" and model is Config:
+            method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+            name = method.get("name", DEFAULT_METHOD)
+            try:
+                cls = method_config_class(name)
+            except ValueError:
+                return None
+            return f"method {name!r}", cls.reads(method)
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model, what = annotation, f"section {part!r}"
+    return what, list(model.model_fields)
+
+
+def _describe(error: dict[str, Any], tree: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        found = _section_keys(tree, loc[:-1])
+        if found is not None:
+            what, keys = found
+            if loc[0] == "method":
+                return (
+                    f"{key}: not read by {what}{did_you_mean(str(loc[-1]), keys)}; "
+                    f"its keys: {', '.join(keys)}"
+                )
+            return f"{key}: unknown key in {what}{did_you_mean(str(loc[-1]), keys)}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
+
+
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
     """Validate a nested dict into a :class:`Config`, with one-line errors."""
+    method = tree.get("method")
     try:
+        if isinstance(method, dict):
+            method_config_class(method.get("name", DEFAULT_METHOD))
         return Config.model_validate(tree)
     except ValidationError as error:
         first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
         count = error.error_count()
         more = f" (and {count - 1} more)" if count > 1 else ""
-        raise ConfigError(f"{source}: {key}: {first['msg']}{more}") from None
+        raise ConfigError(f"{source}: {_describe(first, tree)}{more}") from None
+    except ValueError as error:  # a registry lookup outside pydantic's own errors
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML ({first})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def _drop_unread_method_keys(tree: dict[str, Any], from_file: set[str], source: str) -> None:
+    """Drop the file's method keys that the (switched-to) method does not read, with a notice."""
+    section = tree.get("method")
+    if not isinstance(section, dict) or not from_file:
+        return
+    try:
+        cls = method_config_class(section.get("name", DEFAULT_METHOD))
+    except ValueError:
+        return  # reported by the validation
+    kept = {k: v for k, v in section.items() if k not in from_file or k in cls.model_fields}
+    inactive = cls.inactive_keys(kept) & from_file
+    dropped = sorted(k for k in section if k in from_file and (k not in kept or k in inactive))
+    for key in dropped:
+        del section[key]
+    if dropped:
+        keys = ", ".join(f"method.{k}" for k in dropped)
+        print(
+            f"mscon: note: {source}: {keys} not read by method {section.get('name')!r}; ignored",
+            file=sys.stderr,
+        )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
     Args:
-        path: a YAML file, or the name of one in ``configs/``; None for defaults.
+        path: a YAML file, or the name of a shipped config (``demo``); None for defaults.
         overrides: ``KEY=VALUE`` strings with dotted keys; VALUE is parsed as YAML.
 
     Returns:
@@ -215,23 +446,36 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        file = resolve_config_path(path)
-        source = str(file)
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{file}: not valid YAML ({error})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: top level must be a mapping, got {type(loaded).__name__}")
-        tree = loaded or {}
-    for item in overrides:
-        keys, value = parse_override(item)
+        source, text = resolve_config_path(path)
+        tree = _read_yaml(text, source)
+    file_method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+    file_name = file_method.get("name", DEFAULT_METHOD)
+    file_keys = set(file_method)
+    parsed = [parse_override(item) for item in overrides]
+    for keys, value in parsed:
         _apply_override(tree, keys, value)
+        if keys[0] == "method":
+            file_keys.discard(keys[1] if len(keys) > 1 else "")
+            if len(keys) == 1:  # the whole section given on the command line
+                file_keys.clear()
+    method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+    if method.get("name", DEFAULT_METHOD) != file_name:
+        _drop_unread_method_keys(tree, file_keys, source)
     if overrides:
         source += " with --set " + " ".join(overrides)
     return config_from_dict(tree, source)
 
 
+def config_to_yaml(config: Config) -> str:
+    """The fully resolved config as YAML text."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def config_from_yaml(text: str, source: str) -> Config:
+    """A :class:`Config` from YAML text (a run's ``config.yaml``, a checkpoint's copy)."""
+    return config_from_dict(_read_yaml(text, source), source)
+
+
 def save_config(config: Config, path: str | Path) -> None:
     """Write the fully resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(config_to_yaml(config))

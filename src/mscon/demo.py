@@ -1,6 +1,6 @@
 """``mscon demo``: MSCon and its baselines on the embedded data, evaluated and reported.
 
-Each method trains from ``configs/demo.yaml`` with only ``method.name`` changed
+Each method trains from the shipped ``demo`` config with only ``method.name`` changed
 (equal budget: same encoder, data, views, steps), is evaluated in-domain and
 out-of-domain, and the runs are compared in ``OUT/report.md``.
 """

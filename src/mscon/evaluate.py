@@ -56,7 +56,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -559,22 +558,17 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> dict[str, Any
     Returns:
         The eval.json content: {"tasks": {TASK: {...}}, "method", "checkpoint", "step", ...}.
     """
+    from mscon import runs
+    from mscon.data import load_experiment_data
     from mscon.data.augment import to_float
-    from mscon.train import (
-        checkpoint_path,
-        encoder_from_checkpoint,
-        load_run_config,
-        load_training_data,
-        resolve_device,
-    )
 
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    path = checkpoint_path(run_dir, checkpoint)
-    state = torch.load(path, map_location="cpu")
-    encoder = encoder_from_checkpoint(run_dir, checkpoint)
-    device = resolve_device(config.train.device)
-    data = load_training_data(config, clean=True)
+    config = runs.load_run_config(run_dir)
+    path = runs.checkpoint_path(run_dir, checkpoint)
+    state = runs.load_checkpoint(path)
+    encoder = runs.encoder_from_state(config, state)
+    device = config.train.torch_device()
+    data = load_experiment_data(config.data, config.seed, clean=True)
     tasks = task_domains(config, state["trained_columns"])
     features, labels = {}, {}
     for split in ("train", "val", "test"):
@@ -593,9 +587,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> dict[str, Any
         "step": state["step"],
         "num_images": {split: len(f) for split, f in features.items()},
     }
-    tmp = run_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(run_dir / "eval.json")
+    runs.write_eval(run_dir, results)
     return results
 
 

@@ -7,7 +7,6 @@ and a bar chart comparing the runs' linear top-1 per task.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,20 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mscon.train import RunError  # noqa: E402
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl (empty when there is none)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_eval(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "eval.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+from mscon import runs  # noqa: E402
+from mscon.errors import RunError  # noqa: E402
 
 
 def _run_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -113,17 +100,16 @@ def plot_comparison(evals: dict[str, dict[str, Any]], path: Path) -> bool:
 
 def plot_embedding(run_dir: Path, path: Path, max_points: int = 2000) -> bool:
     """PCA of the test split's encoder features, one panel per task, coloured by class."""
-    from mscon.api import load_encoder
+    from mscon.data import load_experiment_data
     from mscon.data.augment import to_float
     from mscon.evaluate import extract_features
-    from mscon.train import load_run_config, load_training_data
 
-    config = load_run_config(run_dir)
-    data = load_training_data(config, clean=True)
+    config = runs.load_run_config(run_dir)
+    data = load_experiment_data(config.data, config.seed, clean=True)
     split = "test" if (data.split == "test").any() else "train"
     part = data.select(split)
     keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(0))[:max_points]
-    features = extract_features(load_encoder(run_dir), part.images[keep], to_float)
+    features = extract_features(runs.encoder_from_checkpoint(run_dir), part.images[keep], to_float)
     centred = features - features.mean(0)
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     xy = (centred @ v[:, :2]).numpy()
@@ -177,7 +163,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     """
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
-        if not (d / "config.yaml").is_file():
+        if not runs.config_file(d).is_file():
             raise RunError(f"{d}: not a run folder (no config.yaml)")
     if out is None:
         out = dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([d.resolve() for d in dirs]))
@@ -185,8 +171,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     names = _run_names(dirs)
-    metrics = {n: read_metrics(d) for n, d in zip(names, dirs, strict=True)}
-    evals = {n: read_eval(d) for n, d in zip(names, dirs, strict=True)}
+    metrics = {n: runs.read_metrics(d) for n, d in zip(names, dirs, strict=True)}
+    evals = {n: runs.read_eval(d) for n, d in zip(names, dirs, strict=True)}
 
     lines = [
         "# mscon report",
@@ -218,7 +204,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
             lines += [f"## {title}", "", f"![{title}](figures/{file})", ""]
     lines += ["## Test embeddings (PCA of encoder features)", ""]
     for name, d in zip(names, dirs, strict=True):
-        if (d / "checkpoints" / "last.pt").is_file():
+        if runs.has_checkpoint(d):
             file = f"embedding_{name.replace('/', '_')}.png"
             plot_embedding(d, figures / file)
             lines += [f"![{name}](figures/{file})", ""]

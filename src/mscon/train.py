@@ -18,9 +18,7 @@ Example (a tiny run on the embedded data):
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,49 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from mscon.config import Config, ConfigError, config_from_dict, save_config
-from mscon.data import LabelledImages, load_dataset
+from mscon import runs
+from mscon.config import Config, config_to_yaml
+from mscon.data import load_experiment_data
 from mscon.data.augment import ViewAugment, make_views
+from mscon.errors import ConfigError, NonFiniteLossError, RunError
 from mscon.methods import Method, build_method
 from mscon.models.backbones import build_backbone
 
-CHECKPOINT_DIR = "checkpoints"
-
-
-class RunError(ValueError):
-    """A run folder is missing, incomplete or in the way (exit status 2)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss (exit status 3)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}") from None
-
-
-def load_training_data(config: Config, clean: bool = False) -> LabelledImages:
-    """The dataset of ``config.data`` (with ``data.corrupt`` applied unless ``clean``)."""
-    d = config.data
-    data = load_dataset(
-        d.path,
-        image_size=d.image_size,
-        split=d.split,
-        seed=config.seed,
-        corrupt=None if clean else (d.corrupt or None),
-        synthetic_size=d.synthetic_size,
-    )
-    data.check_columns(d.similarities, "data.similarities")
-    data.check_columns(d.eval_tasks, "data.eval_tasks")
-    return data
+__all__ = ["NonFiniteLossError", "RunError", "build_model", "build_optimizer", "train"]
 
 
 def build_model(config: Config, num_classes: list[int]) -> Method:
@@ -95,42 +60,11 @@ def build_optimizer(config: Config, method: Method) -> torch.optim.Optimizer:
     groups: list[dict[str, Any]] = [{"params": regular, "weight_decay": t.weight_decay}]
     loss_params = [p for p in method.no_weight_decay_parameters() if p.requires_grad]
     if loss_params:
-        lr = config.method.log_var_lr if config.method.log_var_lr is not None else t.lr
+        lr = method.task_weight_lr if method.task_weight_lr is not None else t.lr
         groups.append({"params": loss_params, "weight_decay": 0.0, "lr": lr})
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` with torch.save to a temporary file, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def checkpoint_path(run_dir: str | Path, checkpoint: str = "last") -> Path:
-    """The file of checkpoint ``checkpoint`` (a name such as ``last`` or a path)."""
-    candidate = Path(checkpoint)
-    if candidate.suffix == ".pt" and candidate.is_file():
-        return candidate
-    path = Path(run_dir) / CHECKPOINT_DIR / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise RunError(f"{path}: no such checkpoint (train the run first)")
-    return path
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved config saved in a run folder."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise RunError(f"{path}: not a run folder (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
 @dataclass
@@ -145,13 +79,12 @@ class _Logger:
     def __post_init__(self) -> None:
         from tqdm.auto import tqdm
 
-        self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
         self.writer = None
         if self.config.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(
-                str(self.run_dir / "tensorboard"), purge_step=self.start_step
+                str(runs.tensorboard_dir(self.run_dir)), purge_step=self.start_step
             )
         self.bar = tqdm(
             total=self.total_steps,
@@ -162,8 +95,7 @@ class _Logger:
         )
 
     def log(self, record: dict[str, Any]) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        runs.append_metrics(self.run_dir, record)
         if self.writer is not None:
             step = record["step"]
             for key in ("loss", "lr", "images_per_s"):
@@ -178,17 +110,8 @@ class _Logger:
 
     def close(self) -> None:
         self.bar.close()
-        self.metrics.close()
         if self.writer is not None:
             self.writer.close()
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after ``last_step`` (they are replayed after a resume)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -202,13 +125,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _prepare_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
+def _check_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
+    """The run folder, after checking that it can be started or resumed (nothing written)."""
     run_dir = config.run_dir
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
     if resume:
-        if not last.is_file():
-            raise RunError(f"{last}: no checkpoint to resume from")
-        saved = _flatten(load_run_config(run_dir).to_dict())
+        if not runs.has_checkpoint(run_dir):
+            raise RunError(f"{run_dir}: no checkpoint to resume from")
+        saved = _flatten(runs.load_run_config(run_dir).to_dict())
         current = _flatten(config.to_dict())
         ignored = {"train.progress", "train.tensorboard", "train.device"}
         diff = [
@@ -218,20 +141,14 @@ def _prepare_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
         ]
         if diff:
             raise ConfigError(
-                f"{run_dir / 'config.yaml'}: --resume with a different config ({', '.join(diff)})"
+                f"{runs.config_file(run_dir)}: --resume with a different config ({', '.join(diff)})"
             )
         return run_dir
-    if last.is_file() and not overwrite:
+    if runs.has_checkpoint(run_dir) and not overwrite:
         raise RunError(
             f"{run_dir}: already holds a trained run; pass --resume to continue it "
             "or --overwrite to start again"
         )
-    if overwrite and run_dir.is_dir():
-        for name in ("metrics.jsonl", "eval.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        for stale in (run_dir / CHECKPOINT_DIR).glob("*.pt"):
-            stale.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -251,9 +168,9 @@ def train(
         ConfigError, DataError, RunError: bad input (exit status 2).
         NonFiniteLossError: the loss became NaN or infinite (exit status 3).
     """
-    run_dir = _prepare_run_dir(config, resume, overwrite)
-    device = resolve_device(config.train.device)
-    data = load_training_data(config).select("train")
+    run_dir = _check_run_dir(config, resume, overwrite)
+    device = config.train.torch_device()
+    data = load_experiment_data(config.data, config.seed).select("train")
     columns = list(config.data.similarities)
     labels = data.label_matrix(columns)
     num_classes = [len(data.classes[c]) for c in columns]
@@ -264,6 +181,10 @@ def train(
             f"train.batch_size: {t.batch_size} is larger than the train split ({len(data)} images)"
         )
     total_steps = t.epochs * steps_per_epoch
+    if not resume:
+        if overwrite and run_dir.is_dir():
+            runs.clear_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
     method = build_model(config, num_classes).to(device)
@@ -271,7 +192,7 @@ def train(
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, method)
     warmup = round(t.warmup_epochs * steps_per_epoch)
-    frozen = round(config.method.weight_warmup_epochs * steps_per_epoch)
+    frozen = round(method.task_weight_warmup_epochs * steps_per_epoch)
 
     def encoder_schedule(s: int) -> float:
         return warmup_cosine(s, warmup, total_steps)
@@ -285,21 +206,21 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step = 0
     if resume:
-        state = torch.load(run_dir / CHECKPOINT_DIR / "last.pt", map_location=device)
+        state = runs.load_checkpoint(runs.checkpoint_path(run_dir), map_location=device)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         step = state["step"]
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        runs.truncate_metrics(run_dir, step)
     else:
-        save_config(config, run_dir / "config.yaml")
-        (run_dir / "classes.json").write_text(json.dumps(data.classes, indent=1))
+        runs.save_run_config(config, run_dir)
+        runs.write_classes(run_dir, data.classes)
 
     augments = [
-        ViewAugment(config.data.image_size, config.augment.kind, **config.augment.overrides)
-        for _ in range(config.augment.views)
+        ViewAugment(config.data.image_size, kind, **config.augment.overrides)
+        for kind in method.view_recipes(config.augment)
     ]
 
     def checkpoint(name: str = "last") -> None:
@@ -311,10 +232,10 @@ def train(
             "rng": {"torch": torch.get_rng_state()},
             "step": step,
             "epoch": step / steps_per_epoch,
-            "config": config.to_dict(),
+            "config": config_to_yaml(config),
             "trained_columns": method.trained_columns,
         }
-        save_checkpoint(run_dir / CHECKPOINT_DIR / f"{name}.pt", state)
+        runs.save_checkpoint(run_dir, state, name)
 
     logger = _Logger(run_dir, config, total_steps, step)
     method.train()
@@ -336,7 +257,7 @@ def train(
             batch_labels = labels[index].to(device)
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
             with autocast:
-                loss = method(views, batch_labels)["loss"]
+                loss = method(views, batch_labels, index.to(device))["loss"]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{run_dir}: non-finite loss {loss.item()} at step {step}; "
@@ -348,6 +269,8 @@ def train(
             scaler.update()
             scheduler.step()
             step += 1
+            with torch.no_grad():
+                method.after_step(step, total_steps)
             window_images += t.batch_size
             logger.bar.update(1)
             end_of_epoch = step % steps_per_epoch == 0
@@ -380,21 +303,3 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def unwrap_encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder's weights out of a method's state dict."""
-    prefix = "encoder."
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def encoder_from_checkpoint(run_dir: str | Path, checkpoint: str = "last") -> nn.Module:
-    """Rebuild the run's backbone and load its trained weights (eval mode, frozen)."""
-    config = load_run_config(run_dir)
-    state = torch.load(checkpoint_path(run_dir, checkpoint), map_location="cpu")
-    encoder, _ = build_backbone(config.model.backbone)
-    encoder.load_state_dict(unwrap_encoder(state["model"]))
-    encoder.eval()
-    for parameter in encoder.parameters():
-        parameter.requires_grad_(False)
-    return encoder

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mscon.data.dataset import (
     DEFAULT_SPLIT,
@@ -30,6 +31,9 @@ from mscon.data.manifest import load_manifest, write_manifest
 from mscon.data.medic import convert_medic
 from mscon.data.zappos import convert_zappos50k
 
+if TYPE_CHECKING:
+    from mscon.config import DataConfig
+
 __all__ = [
     "DEFAULT_SPLIT",
     "SPLITS",
@@ -39,6 +43,7 @@ __all__ = [
     "convert_zappos50k",
     "corrupt_labels",
     "load_dataset",
+    "load_experiment_data",
     "load_manifest",
     "make_synthetic",
     "seeded_split",
@@ -49,7 +54,7 @@ __all__ = [
 
 def make_synthetic(*args, **kwargs) -> LabelledImages:
     """The embedded dataset; see :func:`mscon.data.synthetic.make_synthetic`."""
-    from mscon.data import synthetic  # imported lazily: ``python -m mscon.data.synthetic``
+    from mscon.data import synthetic  # imported lazily, on first use
 
     return synthetic.make_synthetic(*args, **kwargs)
 
@@ -92,3 +97,28 @@ def load_dataset(
     else:
         data = load_manifest(path, image_size=image_size, split=split, seed=seed)
     return corrupt_labels(data, corrupt, seed)
+
+
+def load_experiment_data(data: DataConfig, seed: int, clean: bool = False) -> LabelledImages:
+    """The dataset of a config's ``data`` section, its label columns checked.
+
+    Args:
+        data: the ``data`` section (path, image size, split, corrupt, ...).
+        seed: the experiment seed.
+        clean: leave out ``data.corrupt`` (evaluation uses the clean labels).
+
+    Raises:
+        DataError: as :func:`load_dataset`, or a column of ``data.similarities`` /
+            ``data.eval_tasks`` the dataset does not have.
+    """
+    dataset = load_dataset(
+        data.path,
+        image_size=data.image_size,
+        split=data.split,
+        seed=seed,
+        corrupt=None if clean else (data.corrupt or None),
+        synthetic_size=data.synthetic_size,
+    )
+    dataset.check_columns(data.similarities, "data.similarities")
+    dataset.check_columns(data.eval_tasks, "data.eval_tasks")
+    return dataset

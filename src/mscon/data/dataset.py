@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mscon.errors import DataError
+
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = {"train": 0.7, "val": 0.1, "test": 0.2}
-
-
-class DataError(ValueError):
-    """Bad input data: the one-line message names the file, column or key."""
 
 
 @dataclass

@@ -12,17 +12,17 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mscon import distributed
 from mscon.losses import _checks
 from mscon.losses.functional import supcon_per_anchor, valid_means
-from mscon.losses.weighting import TaskWeighting
+from mscon.losses.weighting import WeightedTaskLoss
 
 __all__ = ["MSConLoss"]
 
 
-class MSConLoss(nn.Module):
+class MSConLoss(WeightedTaskLoss):
     r"""One SupCon loss per similarity, combined by a task weighting (SPEC section 4).
 
     For similarity :math:`c`, :math:`L_c` is :class:`~mscon.losses.SupConLoss` of the
@@ -88,7 +88,6 @@ class MSConLoss(nn.Module):
         gather_distributed: bool = False,
         instance_mix: float = 0.0,
     ) -> None:
-        super().__init__()
         owner = "MSConLoss"
         if (
             isinstance(num_similarities, bool)
@@ -98,27 +97,21 @@ class MSConLoss(nn.Module):
             raise ValueError(
                 f"{owner}: num_similarities must be an integer >= 1, got {num_similarities!r}"
             )
-        self.num_similarities = num_similarities
-        self.temperature = _checks.check_temperature(owner, temperature)
-        self.form = _checks.check_choice(owner, "form", form, ("out", "in"))
-        self.gather_distributed = bool(gather_distributed)
+        temperature = _checks.check_temperature(owner, temperature)
+        form = _checks.check_choice(owner, "form", form, ("out", "in"))
         if not (isinstance(instance_mix, (int, float)) and 0.0 <= instance_mix < 1.0):
             raise ValueError(f"{owner}: instance_mix must be in [0, 1), got {instance_mix!r}")
-        self.instance_mix = float(instance_mix)
-        self.weighting = TaskWeighting(num_similarities, weighting, weights, owner=owner)
-        self.register_buffer("last_losses", torch.zeros(num_similarities), persistent=False)
-        self.register_buffer(
-            "last_valid", torch.zeros(num_similarities, dtype=torch.bool), persistent=False
+        super().__init__(
+            num_similarities,
+            weighting,
+            weights,
+            owner=owner,
+            gather_distributed=gather_distributed,
         )
-
-    @property
-    def log_vars(self) -> nn.Parameter:
-        """(C,) learned :math:`s_c = \\log\\sigma_c^2` (the weighting's parameter)."""
-        return self.weighting.log_vars
-
-    def task_weights(self) -> Tensor:
-        """(C,) effective multiplier on each L_c: exp(-s_c), ones, or the fixed weights."""
-        return self.weighting.task_weights()
+        self.num_similarities = num_similarities
+        self.temperature = temperature
+        self.form = form
+        self.instance_mix = float(instance_mix)
 
     def _check(self, features: object, labels: object) -> tuple[list[Tensor], Tensor]:
         owner, c = "MSConLoss", self.num_similarities
@@ -176,12 +169,6 @@ class MSConLoss(nn.Module):
             for i, z in enumerate(heads)
         ]
         losses, counts = valid_means(outputs, gather_distributed=self.gather_distributed)
-        valid = counts > 0
-        detached = losses.detach()
-        if self.gather_distributed and distributed.is_distributed():
-            detached = distributed.all_reduce_sum(detached) / distributed.world_size()
-        self.last_losses = detached.to(self.last_losses.device, torch.float32)
-        self.last_valid = valid.to(self.last_valid.device)
         floors = chance = None
         if self.weighting.needs_floors:
             if self.form == "out":
@@ -192,7 +179,7 @@ class MSConLoss(nn.Module):
             if self.gather_distributed and distributed.is_distributed():
                 candidates *= distributed.world_size()
             chance = torch.full_like(losses, math.log(max(candidates - 1, 1)))
-        return self.weighting(losses, valid, floors, chance)
+        return self.combine(losses, counts, floors, chance)
 
     def _floor(self, labels: Tensor, views: int) -> Tensor:
         """H_c: the mean over valid anchors of the entropy of the anchor's target.

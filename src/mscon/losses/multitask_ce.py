@@ -11,17 +11,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mscon import distributed
 from mscon.losses import _checks
 from mscon.losses.functional import ContrastiveOutput, _no_autocast, compute_dtype, valid_means
-from mscon.losses.weighting import TaskWeighting
+from mscon.losses.weighting import WeightedTaskLoss
 
 __all__ = ["MultiTaskCELoss"]
 
 
-class MultiTaskCELoss(nn.Module):
+class MultiTaskCELoss(WeightedTaskLoss):
     r"""One cross-entropy per task over the rows whose label is present (SPEC section 5).
 
     :math:`\mathrm{CE}_c` is the mean cross-entropy of task c's logits over the rows
@@ -65,7 +64,6 @@ class MultiTaskCELoss(nn.Module):
         *,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
         owner = "MultiTaskCELoss"
         if (
             not isinstance(num_classes, Sequence)
@@ -77,21 +75,14 @@ class MultiTaskCELoss(nn.Module):
                 f"{owner}: num_classes must be a non-empty sequence of integers >= 1, "
                 f"got {num_classes!r}"
             )
+        super().__init__(
+            len(num_classes),
+            weighting,
+            weights,
+            owner=owner,
+            gather_distributed=gather_distributed,
+        )
         self.num_classes = [int(k) for k in num_classes]
-        self.gather_distributed = bool(gather_distributed)
-        c = len(self.num_classes)
-        self.weighting = TaskWeighting(c, weighting, weights, owner=owner)
-        self.register_buffer("last_losses", torch.zeros(c), persistent=False)
-        self.register_buffer("last_valid", torch.zeros(c, dtype=torch.bool), persistent=False)
-
-    @property
-    def log_vars(self) -> nn.Parameter:
-        """(C,) learned :math:`s_c = \\log\\sigma_c^2` (the weighting's parameter)."""
-        return self.weighting.log_vars
-
-    def task_weights(self) -> Tensor:
-        """(C,) effective multiplier on each CE_c: exp(-s_c), ones, or the fixed weights."""
-        return self.weighting.task_weights()
 
     def _check(self, logits: object, labels: object) -> tuple[list[Tensor], Tensor]:
         owner, c = "MultiTaskCELoss", len(self.num_classes)
@@ -132,14 +123,8 @@ class MultiTaskCELoss(nn.Module):
                 ce = torch.where(valid, ce, torch.zeros_like(ce))
             outputs.append(ContrastiveOutput(ce, valid))
         losses, counts = valid_means(outputs, gather_distributed=self.gather_distributed)
-        valid = counts > 0
-        detached = losses.detach()
-        if self.gather_distributed and distributed.is_distributed():
-            detached = distributed.all_reduce_sum(detached) / distributed.world_size()
-        self.last_losses = detached.to(self.last_losses.device, torch.float32)
-        self.last_valid = valid.to(self.last_valid.device)
         chance = torch.log(torch.tensor(self.num_classes, dtype=losses.dtype, device=losses.device))
-        return self.weighting(losses, valid, torch.zeros_like(losses), chance)
+        return self.combine(losses, counts, torch.zeros_like(losses), chance)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"

@@ -60,11 +60,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from mscon.registry import Registry
+
 __all__ = [
     "WEIGHTING_MODES",
     "WeightingMode",
     "register_weighting_mode",
     "TaskWeighting",
+    "WeightedTaskLoss",
 ]
 
 
@@ -104,15 +107,14 @@ class WeightingMode:
         return (valid.to(losses.dtype) * per_task).sum()
 
 
-WEIGHTING_MODES: dict[str, type[WeightingMode]] = {}
+WEIGHTING_MODES: Registry[type[WeightingMode]] = Registry("method.weighting")
 
 
 def register_weighting_mode(cls: type[WeightingMode]) -> type[WeightingMode]:
     """Class decorator: make ``cls`` available as ``weighting=cls.name``."""
     if not cls.name:
         raise ValueError(f"register_weighting_mode: {cls.__name__}.name must be set")
-    WEIGHTING_MODES[cls.name] = cls
-    return cls
+    return WEIGHTING_MODES.register(cls.name)(cls)
 
 
 @register_weighting_mode
@@ -355,3 +357,68 @@ class TaskWeighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, mode={self.mode!r}"
+
+
+class WeightedTaskLoss(nn.Module):
+    """Base of the losses that weight C task losses (MSConLoss, MultiTaskCELoss).
+
+    It owns the :class:`TaskWeighting`, the ``last_losses`` / ``last_valid``
+    record of the last call (over all ranks) and :meth:`combine`, so that a
+    subclass only computes its per-task means.
+
+    Args:
+        num_tasks: C >= 1.
+        weighting, weights: as :class:`TaskWeighting`.
+        owner: class name for error messages.
+        gather_distributed: the per-task means were taken over all ranks.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        weighting: str,
+        weights: Sequence[float] | Tensor | None,
+        *,
+        owner: str,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gather_distributed = bool(gather_distributed)
+        self.weighting = TaskWeighting(num_tasks, weighting, weights, owner=owner)
+        self.register_buffer("last_losses", torch.zeros(num_tasks), persistent=False)
+        self.register_buffer(
+            "last_valid", torch.zeros(num_tasks, dtype=torch.bool), persistent=False
+        )
+
+    @property
+    def log_vars(self) -> nn.Parameter:
+        """(C,) learned :math:`s_c = \\log\\sigma_c^2` (the weighting's parameter)."""
+        return self.weighting.log_vars
+
+    def task_weights(self) -> Tensor:
+        """(C,) effective multiplier on each task loss: exp(-s_c), ones, or the fixed weights."""
+        return self.weighting.task_weights()
+
+    def combine(
+        self,
+        losses: Tensor,
+        counts: Tensor,
+        floors: Tensor | None = None,
+        chance: Tensor | None = None,
+    ) -> Tensor:
+        """Record the per-task ``losses`` (C,) and combine them by the weighting.
+
+        ``counts`` (C,) are the valid anchors (rows) per task over all ranks; a
+        task with none is left out. ``losses`` are this rank's shares (times the
+        world size) under ``gather_distributed``; the recorded values are their
+        mean over ranks, the single-process losses.
+        """
+        from mscon import distributed
+
+        valid = counts > 0
+        detached = losses.detach()
+        if self.gather_distributed and distributed.is_distributed():
+            detached = distributed.all_reduce_sum(detached) / distributed.world_size()
+        self.last_losses = detached.to(self.last_losses.device, torch.float32)
+        self.last_valid = valid.to(self.last_valid.device)
+        return self.weighting(losses, valid, floors, chance)

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from mscon.config import Config, TaskWeightsConfig
 from mscon.losses import MSConLoss
-from mscon.methods.base import Method
+from mscon.methods.base import (
+    Method,
+    head_options,
+    register_method,
+    task_log_values,
+    with_task_weight_options,
+)
 from mscon.models.heads import MultiHead
 
 
+class MSConConfig(TaskWeightsConfig):
+    """``method`` keys of ``mscon``.
+
+    ``weighting`` defaults to ``relative``, chosen by the weights study
+    (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the paper's form.
+    """
+
+    name: Literal["mscon"] = "mscon"
+    temperature: float = Field(0.1, gt=0)
+    form: Literal["out", "in"] = "out"
+    weighting: str = "relative"
+    instance_similarity: bool = False
+    instance_mix: float = Field(0.0, ge=0, lt=1)
+
+    def num_tasks(self, config: Config) -> int:
+        return len(config.data.similarities) + int(self.instance_similarity)
+
+
+@register_method("mscon")
 class MSCon(Method):
     """Shared encoder, a head per similarity, learned similarity weights.
 
@@ -22,6 +49,7 @@ class MSCon(Method):
     """
 
     INSTANCE = "instance"
+    config_class = MSConConfig
 
     def __init__(
         self,
@@ -30,6 +58,7 @@ class MSCon(Method):
         columns: list[str],
         *,
         temperature: float = 0.1,
+        form: str = "out",
         weighting: str = "uncertainty",
         weights: list[float] | None = None,
         projection_dim: int = 128,
@@ -47,10 +76,32 @@ class MSCon(Method):
             temperature=temperature,
             weighting=weighting,
             weights=weights,
+            form=form,
             instance_mix=instance_mix,
         )
 
-    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    @classmethod
+    def from_config(
+        cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
+    ) -> MSCon:
+        m: MSConConfig = config.method  # type: ignore[assignment]
+        method = cls(
+            encoder,
+            feature_dim,
+            list(config.data.similarities),
+            temperature=m.temperature,
+            form=m.form,
+            weighting=m.weighting,
+            weights=m.weights,
+            instance_similarity=m.instance_similarity,
+            instance_mix=m.instance_mix,
+            **head_options(config),
+        )
+        return with_task_weight_options(method, m)
+
+    def forward(
+        self, views: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         batch, num_views = views.shape[:2]
         z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
@@ -63,10 +114,6 @@ class MSCon(Method):
         return [self.loss_fn.log_vars]
 
     def log_values(self) -> dict[str, Any]:
-        names = self.columns + [self.INSTANCE] * self.instance_similarity
-        losses = self.loss_fn.last_losses.tolist()
-        weights = self.loss_fn.task_weights().detach().tolist()
-        return {
-            "loss_per_similarity": dict(zip(names, losses, strict=True)),
-            "weights": dict(zip(names, weights, strict=True)),
-        }
+        return task_log_values(
+            self.columns + [self.INSTANCE] * self.instance_similarity, self.loss_fn
+        )

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from mscon.config import Config, MethodConfig
 from mscon.losses import NTXentLoss, SupConLoss
-from mscon.methods.base import Method
+from mscon.methods.base import Method, head_options, register_method
 from mscon.models.heads import ProjectionHead
 
 
+class SimCLRConfig(MethodConfig):
+    """``method`` keys of ``simclr``."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.1, gt=0)
+
+
+@register_method("simclr")
 class SimCLR(Method):
     """NT-Xent on a projection of the encoder's features.
 
@@ -17,6 +29,8 @@ class SimCLR(Method):
     it is SupCon with the views of each image as the positives (the same
     equation generalised).
     """
+
+    config_class = SimCLRConfig
 
     def __init__(
         self,
@@ -34,11 +48,21 @@ class SimCLR(Method):
         self.pair_loss = NTXentLoss(temperature=temperature)
         self.multi_view_loss = SupConLoss(temperature=temperature)
 
+    @classmethod
+    def from_config(
+        cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
+    ) -> SimCLR:
+        m: SimCLRConfig = config.method  # type: ignore[assignment]
+        columns = list(config.data.similarities)
+        return cls(encoder, feature_dim, columns, temperature=m.temperature, **head_options(config))
+
     @property
     def trained_columns(self) -> list[str]:
         return []
 
-    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, views: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         z = self.head(self.encode_views(views).flatten(0, 1)).view(*views.shape[:2], -1)
         if z.shape[1] == 2:
             return {"loss": self.pair_loss(z[:, 0], z[:, 1])}

@@ -1,8 +1,8 @@
 """Encoders by name: the shared network f(x) that every method trains (SPEC section 4).
 
 Every factory in :data:`BACKBONES` returns ``(encoder, D)`` where the encoder maps
-float images (B, 3, H, W) to features (B, D). Later code registers more encoders by
-adding a factory to the dict.
+float images (B, 3, H, W) to features (B, D). A new encoder is a factory decorated
+with ``@BACKBONES.register("name")`` (:class:`mscon.registry.Registry`).
 
 * ``resnet18`` / ``resnet50``: torchvision's ResNets, ``fc`` replaced by ``Identity``
   (D = 512 / 2048).
@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models
+
+from mscon.registry import Registry
 
 BackboneFactory = Callable[[], tuple[nn.Module, int]]
 
@@ -94,18 +96,18 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+BACKBONES: Registry[BackboneFactory] = Registry("model.backbone")
+
+
+@BACKBONES.register("cnn_small")
 def _cnn_small() -> tuple[nn.Module, int]:
     net = SmallCNN()
     return net, net.out_dim
 
 
-BACKBONES: dict[str, BackboneFactory] = {
-    "resnet18": lambda: _resnet(18, small=False),
-    "resnet50": lambda: _resnet(50, small=False),
-    "resnet18_small": lambda: _resnet(18, small=True),
-    "resnet50_small": lambda: _resnet(50, small=True),
-    "cnn_small": _cnn_small,
-}
+for _depth in (18, 50):
+    BACKBONES.register(f"resnet{_depth}")(lambda d=_depth: _resnet(d, small=False))
+    BACKBONES.register(f"resnet{_depth}_small")(lambda d=_depth: _resnet(d, small=True))
 
 
 def available_backbones() -> list[str]:
@@ -131,10 +133,7 @@ def build_backbone(name: str, weights: str | Path | None = None) -> tuple[nn.Mod
         >>> dim
         512
     """
-    if name not in BACKBONES:
-        names = ", ".join(available_backbones())
-        raise ValueError(f"model.backbone: unknown backbone {name!r}; available: {names}")
-    encoder, dim = BACKBONES[name]()
+    encoder, dim = BACKBONES.lookup(name)()
     if weights is not None:
         load_weights(encoder, weights)
     return encoder, dim
