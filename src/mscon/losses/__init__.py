@@ -1,4 +1,4 @@
-"""Contrastive and multi-task losses (SPEC sections 1-5).
+"""Contrastive and multi-task losses (SPEC sections 1-5, 7-8).
 
 Every loss is a typed ``nn.Module`` over the pure functions in
 :mod:`mscon.losses.functional`; the task weighting shared by the
@@ -9,6 +9,7 @@ from mscon.losses import functional
 from mscon.losses.mscon import MSConLoss
 from mscon.losses.multitask_ce import MultiTaskCELoss
 from mscon.losses.ntxent import NTXentLoss
+from mscon.losses.sce import SCELoss
 from mscon.losses.supcon import SupConLoss
 from mscon.losses.weighting import WEIGHTING_MODES, TaskWeighting, register_weighting_mode
 
@@ -18,6 +19,7 @@ __all__ = [
     "SupConLoss",
     "MSConLoss",
     "MultiTaskCELoss",
+    "SCELoss",
     "TaskWeighting",
     "WEIGHTING_MODES",
     "register_weighting_mode",
