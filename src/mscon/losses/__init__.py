@@ -1,11 +1,12 @@
-"""Contrastive and multi-task losses (SPEC sections 1-5).
+"""Contrastive and multi-task losses (SPEC sections 1-6).
 
 Every loss is a typed ``nn.Module`` over the pure functions in
 :mod:`mscon.losses.functional`; the task weighting shared by the
 multi-similarity losses is in :mod:`mscon.losses.weighting`.
 """
 
-from mscon.losses import functional
+from mscon.losses import divergences, functional
+from mscon.losses.fmicl import FMICLLoss
 from mscon.losses.mscon import MSConLoss
 from mscon.losses.multitask_ce import MultiTaskCELoss
 from mscon.losses.ntxent import NTXentLoss
@@ -14,10 +15,12 @@ from mscon.losses.weighting import WEIGHTING_MODES, TaskWeighting, register_weig
 
 __all__ = [
     "functional",
+    "divergences",
     "NTXentLoss",
     "SupConLoss",
     "MSConLoss",
     "MultiTaskCELoss",
+    "FMICLLoss",
     "TaskWeighting",
     "WEIGHTING_MODES",
     "register_weighting_mode",
