@@ -358,85 +358,122 @@ def log_u_range(sigma: float, mu: float) -> tuple[float, float]:
     return math.log(mu) - 2.0 / sigma**2, math.log(mu)
 
 
-def _largest_magnitude(div: Divergence, sigma: float, mu: float, alpha: float) -> tuple[float, str]:
-    """The largest |value| or |d/dcos| of the loss terms over the reachable range (float64).
+_CHECKED = (
+    "u",
+    "f'(u)",
+    "alpha * f*(f'(u))",
+    "d f'(u)/d cos = u f''(u) / sigma^2",
+    "alpha * d f*(f'(u))/d cos",
+)
+
+
+def _largest_magnitudes(div: Divergence, sigma: Tensor, mu: float, alpha: float) -> Tensor:
+    """(len(_CHECKED), S): the largest magnitude of each checked quantity, per sigma (float64).
 
     The loss has -f'(u) per positive and alpha f*(f'(u)) per negative pair; their
     derivatives with respect to the cosine x.y are the log-u derivatives over sigma^2.
+    Evaluated on 257 points of the reachable range (the ends included: every quantity
+    is monotone in log u except VLC's bounded u f''). One batched evaluation, so that
+    searching a bound costs a few tensor operations, not hundreds.
     """
-    lo, hi = log_u_range(sigma, mu)
-    # the ends and a grid: every magnitude below is monotone in log u except VLC's u f''
-    log_u = torch.linspace(lo, hi, 257, dtype=torch.float64)
-    inv = 1.0 / sigma**2
+    inv = (1.0 / sigma.square()).unsqueeze(-1)  # (S, 1)
+    t = torch.linspace(0.0, 1.0, 257, dtype=torch.float64)
+    log_u = math.log(mu) - 2.0 * inv * (1.0 - t)  # (S, 257), from log mu - 2/sigma^2 to log mu
     with torch.no_grad():
-        candidates = {
-            "u": torch.exp(log_u),
-            "f'(u)": div.f_prime(log_u).abs(),
-            "alpha * f*(f'(u))": alpha * div.conjugate(log_u).abs(),
-            "d f'(u)/d cos = u f''(u) / sigma^2": div.f_prime_dlog(log_u).abs() * inv,
-            "alpha * d f*(f'(u))/d cos": alpha * div.conjugate_dlog(log_u).abs() * inv,
-        }
-    worst, what = 0.0, ""
-    for label, values in candidates.items():
-        top = float(values.max())
-        if not math.isfinite(top):
-            top = math.inf
-        if top > worst:
-            worst, what = top, label
-    return worst, what
+        values = torch.stack(
+            torch.broadcast_tensors(
+                torch.exp(log_u),
+                div.f_prime(log_u).abs(),
+                alpha * div.conjugate(log_u).abs(),
+                div.f_prime_dlog(log_u).abs() * inv,
+                alpha * div.conjugate_dlog(log_u).abs() * inv,
+            )
+        ).amax(dim=-1)
+    return values.nan_to_num(nan=math.inf)
 
 
-def _bisect(ok, lo: float, hi: float, steps: int = 60) -> float:
-    """The boundary between ``ok(lo)`` False and ``ok(hi)`` True (geometric bisection)."""
-    for _ in range(steps):
-        mid = math.sqrt(lo * hi)
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
+def _first_ok(ok: Tensor) -> int:
+    """Index of the first True in a (S,) bool tensor whose later entries are all True."""
+    return int(ok.to(torch.int8).argmax())
+
+
+def _search(ok_on, lo: float, hi: float, geometric: bool) -> float:
+    """The smallest x in [lo, hi] with ok_on(x) True (``ok_on`` maps (S,) to (S,) bool;
+    False at lo, True at hi, monotone), to about 1e-4 relative, in two batched grids."""
+    for _ in range(2):
+        grid = (
+            torch.logspace(math.log10(lo), math.log10(hi), 513, dtype=torch.float64)
+            if geometric
+            else torch.linspace(lo, hi, 513, dtype=torch.float64)
+        )
+        k = _first_ok(ok_on(grid))
+        lo, hi = float(grid[max(0, k - 1)]), float(grid[k])
     return hi
+
+
+def _round_up(x: float, digits: int = 4) -> str:
+    """``x`` rounded up to ``digits`` significant digits, so that the printed bound holds."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return f"{math.ceil(x / step) * step:.{digits}g}"
+
+
+def _tsallis_orders(orders: Tensor) -> Tsallis:
+    """A Tsallis divergence whose order is a (S, 1) tensor (for a batched bound search)."""
+    batch = Tsallis.__new__(Tsallis)
+    batch.order = orders.unsqueeze(-1)  # type: ignore[assignment]
+    return batch
 
 
 def check_range(
     div: Divergence, *, sigma: float, mu: float, alpha: float = 1.0, owner: str = "FMICLLoss"
 ) -> None:
-    """Reject settings under which f-MICL's values or gradients overflow float32.
+    r"""Reject settings under which f-MICL's values or gradients overflow float32.
 
-    Over the reachable :math:`\\log u \\in [\\log\\mu - 2/\\sigma^2, \\log\\mu]`, every
-    :math:`|f'(u)|`, :math:`\\alpha |f^*(f'(u))|` and their derivatives with respect
-    to the cosine must stay below :data:`FLOAT32_LIMIT` (float32's maximum over
-    2^10). For squared Hellinger, :math:`f'(u) = 1 - u^{-1/2}` reaches
-    :math:`1 - e^{1/\\sigma^2}/\\sqrt{\\mu}`: with :math:`\\mu = 1` the bound is
-    :math:`\\sigma \\gtrsim 0.113`. Tsallis with order :math:`a < 1` has
-    :math:`f' \\propto u^{a-1}`, which overflows in the same way.
+    Over the reachable :math:`\log u \in [\log\mu - 2/\sigma^2, \log\mu]`, every
+    :math:`u`, :math:`|f'(u)|`, :math:`\alpha |f^*(f'(u))|` and the derivatives of the
+    last two with respect to the cosine must stay below :data:`FLOAT32_LIMIT`
+    (float32's maximum over 2^10). For squared Hellinger,
+    :math:`f'(u) = 1 - u^{-1/2}` reaches :math:`1 - e^{1/\sigma^2}/\sqrt{\mu}` and its
+    derivative :math:`e^{1/\sigma^2}/(2\sigma^2\sqrt{\mu})`: with :math:`\mu = 1` the
+    bound is :math:`\sigma \ge 0.1131`. Tsallis with order :math:`a < 1` has
+    :math:`f' \propto u^{a-1}`, which overflows in the same way.
 
     Raises:
         ValueError: naming the bound on sigma (and on the Tsallis order, or on mu).
     """
 
-    def ok(s: float, m: float = mu, d: Divergence = div) -> bool:
-        return _largest_magnitude(d, s, m, alpha)[0] <= FLOAT32_LIMIT
+    def ok_sigma(sigmas: Tensor) -> Tensor:
+        return _largest_magnitudes(div, sigmas, mu, alpha).amax(dim=0) <= FLOAT32_LIMIT
 
-    if ok(sigma):
+    here = _largest_magnitudes(div, torch.tensor([sigma], dtype=torch.float64), mu, alpha)[:, 0]
+    if float(here.max()) <= FLOAT32_LIMIT:
         return
-    worst, what = _largest_magnitude(div, sigma, mu, alpha)
+    which = int(here.argmax())
     params = f"mu={mu!r}, alpha={alpha!r}"
     if isinstance(div, Tsallis):
         params += f", tsallis_alpha={div.order!r}"
     head = (
         f"{owner}: divergence {div.name!r} with sigma={sigma!r}, {params} overflows float32: "
-        f"{what} reaches {worst:.3g} over the reachable range u in [mu*exp(-2/sigma^2), mu] "
-        f"(limit {FLOAT32_LIMIT:.3g}, float32's maximum over 2^10)"
+        f"{_CHECKED[which]} reaches {float(here[which]):.3g} over the reachable range u in "
+        f"[mu*exp(-2/sigma^2), mu] (limit {FLOAT32_LIMIT:.3g}, float32's maximum over 2^10)"
     )
-    if not ok(1e6):  # not a matter of sigma: mu (or alpha) is too large
+    widest = 1e6
+    if not bool(ok_sigma(torch.tensor([widest], dtype=torch.float64))):
         raise ValueError(f"{head}; mu or alpha is too large for float32 at any sigma")
-    bound = _bisect(ok, sigma, 1e6)
-    message = f"{head}; needs sigma >= {bound:.4g} at these settings"
+    bound = _round_up(_search(ok_sigma, sigma, widest, True))
+    message = f"{head}; needs sigma >= {bound} at these settings"
     if isinstance(div, Tsallis) and div.order < 1:
+        sigmas = torch.tensor([sigma], dtype=torch.float64)
 
-        def ok_order(a: float) -> bool:
-            return ok(sigma, d=Tsallis(a))
+        def ok_order(orders: Tensor) -> Tensor:
+            return (
+                _largest_magnitudes(_tsallis_orders(orders), sigmas, mu, alpha).amax(0)
+                <= FLOAT32_LIMIT
+            )
 
-        if ok_order(1.0 - 1e-9):
-            message += f", or tsallis_alpha >= {_bisect(ok_order, div.order, 1.0 - 1e-9):.4g}"
+        near_one = 1.0 - 1e-9
+        if bool(ok_order(torch.tensor([near_one], dtype=torch.float64))):
+            message += (
+                f", or tsallis_alpha >= {_round_up(_search(ok_order, div.order, near_one, False))}"
+            )
     raise ValueError(message)

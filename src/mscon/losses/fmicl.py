@@ -51,7 +51,6 @@ from torch.autograd.function import once_differentiable
 from mscon import distributed
 from mscon.losses import _checks
 from mscon.losses.divergences import (
-    DIVERGENCES,
     Divergence,
     check_range,
     get_divergence,
@@ -423,7 +422,6 @@ class FMICLLoss(nn.Module):
         if isinstance(divergence, Divergence):
             self.divergence = divergence
         else:
-            _checks.check_choice(owner, "divergence", divergence, tuple(DIVERGENCES))
             try:
                 self.divergence = get_divergence(divergence, tsallis_alpha=tsallis_alpha)
             except ValueError as err:
