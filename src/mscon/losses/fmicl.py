@@ -126,6 +126,9 @@ class _FMICLPairs(torch.autograd.Function):
         # d loss / d cos = d loss / d log u * (1/sigma^2); both sides of a symmetric pair
         g_pos = plan.w_pos * inv * (2.0 if symmetric else 1.0)
         g_neg = plan.w_neg * inv * (2.0 if symmetric else 1.0)
+        # the (rows x N) gradient block is kept in units of g_neg (so the dense part is the
+        # divergence's derivative as it comes) and the unit is applied to the (rows x d) product
+        unit = g_neg or g_pos or 1.0
         for start in range(0, n, plan.chunk):
             end = min(n, start + plan.chunk)
             zc = anchors[start:end]
@@ -144,13 +147,14 @@ class _FMICLPairs(torch.autograd.Function):
                 fp = torch.where(positive, div.f_prime(log_u_same), 0.0)
                 total = total - plan.w_pos * fp.sum()
                 if plan.need_grad:
-                    delta = torch.where(positive, -g_pos * div.f_prime_dlog(log_u_same), 0.0)
+                    d_pos = div.f_prime_dlog(log_u_same) * (-g_pos / unit)
+                    delta = torch.where(positive, d_pos, 0.0)
             if plan.w_neg:
                 # remove the same-key columns from the dense pass below
                 fc = torch.where(valid, div.conjugate(log_u_same), 0.0)
                 total = total - plan.w_neg * fc.sum()
                 if plan.need_grad:
-                    d_neg = torch.where(valid, -g_neg * div.conjugate_dlog(log_u_same), 0.0)
+                    d_neg = torch.where(valid, -div.conjugate_dlog(log_u_same), 0.0)
                     delta = d_neg if delta is None else delta + d_neg
                 # every pair as a negative
                 value_sum, grad = div.conjugate_sum_and_dlog_(log_u)
@@ -159,13 +163,11 @@ class _FMICLPairs(torch.autograd.Function):
                 grad = torch.zeros_like(log_u)
             if not plan.need_grad:
                 continue
-            if plan.w_neg:
-                grad.mul_(g_neg)
             if delta is not None:
                 grad.scatter_add_(1, cols, delta)
-            torch.mm(grad, cands, out=grad_a[start:end])
+            torch.mm(grad, cands, out=grad_a[start:end]).mul_(unit)
             if grad_c is not None:
-                grad_c.addmm_(grad.T, zc)
+                grad_c.addmm_(grad.T, zc, alpha=unit)
         ctx.save_for_backward(grad_a, grad_c)
         return total
 
