@@ -6,7 +6,7 @@ own), repeats, and reports the median time and the peak memory above the
 process's baseline. Cases: NTXentLoss, FMICLLoss for every divergence (SimCLR
 positives), and FMICLLoss("kl") with 10 classes of labels (supervised).
 
-    python benchmarks/bench_fmicl.py [--n 4096] [--repeats 7] [--json benchmarks/results/bench_fmicl.json]
+    python benchmarks/bench_fmicl.py [--n 4096] [--repeats 7] [--json OUT.json]
 
 Target (docs/performance.md): at most 1.5x NT-Xent's time for KL, 3x for the others.
 """
