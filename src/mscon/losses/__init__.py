@@ -1,11 +1,12 @@
-"""Contrastive and multi-task losses (SPEC sections 1-5, 7-8).
+"""Contrastive and multi-task losses (SPEC sections 1-8).
 
 Every loss is a typed ``nn.Module`` over the pure functions in
 :mod:`mscon.losses.functional`; the task weighting shared by the
 multi-similarity losses is in :mod:`mscon.losses.weighting`.
 """
 
-from mscon.losses import functional
+from mscon.losses import divergences, functional
+from mscon.losses.fmicl import FMICLLoss
 from mscon.losses.mscon import MSConLoss
 from mscon.losses.multitask_ce import MultiTaskCELoss
 from mscon.losses.ntxent import NTXentLoss
@@ -15,10 +16,12 @@ from mscon.losses.weighting import WEIGHTING_MODES, TaskWeighting, register_weig
 
 __all__ = [
     "functional",
+    "divergences",
     "NTXentLoss",
     "SupConLoss",
     "MSConLoss",
     "MultiTaskCELoss",
+    "FMICLLoss",
     "SCELoss",
     "TaskWeighting",
     "WEIGHTING_MODES",
