@@ -12,10 +12,12 @@ The ``method`` section is typed per method: each registered method
 ``method.name``, and a key the chosen method does not read is refused. Which keys
 a method reads may depend on its own options (:meth:`MethodConfig.inactive_keys`).
 
-Switching methods over a file written for another one (``--set method.name=X``,
-as ``mscon demo`` and the grid scripts do): the ``method`` keys that come from the
-file and that X does not read are dropped, with a one-line notice on stderr; the
-keys given with ``--set`` are checked strictly.
+Switching methods (or a method's options) over a file written for another one
+(``--set method.name=X``, as ``mscon demo`` and the grid scripts do, or
+``--set method.base_loss=fmicl``): when ``--set`` touches the ``method`` section,
+the ``method`` keys that come from the file and that the resulting method does
+not read are dropped, with a one-line notice on stderr; the keys given with
+``--set`` are checked strictly, and so is a file given without method overrides.
 
 Example:
     >>> cfg = load_config(None, ["train.epochs=3", "data.similarities=[shape,size]"])
@@ -55,6 +57,7 @@ __all__ = [
     "MethodConfig",
     "TaskWeightsConfig",
     "available_configs",
+    "check_registered",
     "config_from_dict",
     "config_from_yaml",
     "config_to_yaml",
@@ -66,7 +69,7 @@ CONFIG_DIR = resources.files("mscon") / "configs"
 DEFAULT_METHOD = "mscon"
 
 
-def _checked(registry: Registry, name: str) -> str:
+def check_registered(registry: Registry, name: str) -> str:
     """``registry.check(name)`` with the message's key prefix left to pydantic's location."""
     try:
         return registry.check(name)
@@ -109,7 +112,7 @@ class ModelConfig(_Section):
     def _known_backbone(cls, value: str) -> str:
         from mscon.models.backbones import BACKBONES
 
-        return _checked(BACKBONES, value)
+        return check_registered(BACKBONES, value)
 
 
 class MethodConfig(_Section):
@@ -138,8 +141,11 @@ class MethodConfig(_Section):
     @classmethod
     def _refuse_inactive(cls, values: Any) -> Any:
         if isinstance(values, dict):
+            # a full field set is a model being revalidated (assignment): its inactive
+            # keys hold their defaults unless something set them
+            full = set(cls.model_fields) <= set(values)
             for key in cls.inactive_keys(values):
-                if key in values:
+                if key in values and (not full or values[key] != cls.model_fields[key].default):
                     raise ValueError(
                         f"{key} is not read by method {values.get('name')!r} with these options"
                     )
@@ -162,7 +168,7 @@ class TaskWeightsConfig(MethodConfig):
     def _known_weighting(cls, value: str) -> str:
         from mscon.losses.weighting import WEIGHTING_MODES
 
-        return _checked(WEIGHTING_MODES, value)
+        return check_registered(WEIGHTING_MODES, value)
 
     @model_validator(mode="after")
     def _weights_with_fixed(self) -> TaskWeightsConfig:
@@ -292,7 +298,11 @@ class Config(_Section):
         return Path(self.out) if self.out else Path("runs") / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as plain data; the ``method`` keys its own options switch off are left out."""
+        tree = self.model_dump(mode="json")
+        for key in type(self.method).inactive_keys(tree["method"]):
+            tree["method"].pop(key, None)
+        return tree
 
 
 def available_configs() -> list[str]:
@@ -449,7 +459,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         source, text = resolve_config_path(path)
         tree = _read_yaml(text, source)
     file_method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
-    file_name = file_method.get("name", DEFAULT_METHOD)
     file_keys = set(file_method)
     parsed = [parse_override(item) for item in overrides]
     for keys, value in parsed:
@@ -458,8 +467,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             file_keys.discard(keys[1] if len(keys) > 1 else "")
             if len(keys) == 1:  # the whole section given on the command line
                 file_keys.clear()
-    method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
-    if method.get("name", DEFAULT_METHOD) != file_name:
+    if any(keys[0] == "method" for keys, _ in parsed):
         _drop_unread_method_keys(tree, file_keys, source)
     if overrides:
         source += " with --set " + " ".join(overrides)

@@ -7,7 +7,7 @@ multi-similarity losses is in :mod:`mscon.losses.weighting`.
 
 from mscon.losses import divergences, functional
 from mscon.losses.fmicl import FMICLLoss
-from mscon.losses.mscon import MSConLoss
+from mscon.losses.mscon import MSConFMICLLoss, MSConLoss
 from mscon.losses.multitask_ce import MultiTaskCELoss
 from mscon.losses.ntxent import NTXentLoss
 from mscon.losses.sce import SCELoss
@@ -20,6 +20,7 @@ __all__ = [
     "NTXentLoss",
     "SupConLoss",
     "MSConLoss",
+    "MSConFMICLLoss",
     "MultiTaskCELoss",
     "FMICLLoss",
     "SCELoss",

@@ -49,6 +49,8 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from mscon.registry import Registry
+
 __all__ = [
     "Divergence",
     "KL",
@@ -318,14 +320,16 @@ class VinczeLeCam(Divergence):
 
 
 #: The divergences by config name.
-DIVERGENCES: dict[str, type[Divergence]] = {
-    "kl": KL,
-    "js": JensenShannon,
-    "pearson": Pearson,
-    "sq_hellinger": SquaredHellinger,
-    "tsallis": Tsallis,
-    "vlc": VinczeLeCam,
-}
+DIVERGENCES: Registry[type[Divergence]] = Registry("divergence")
+for _name, _cls in (
+    ("kl", KL),
+    ("js", JensenShannon),
+    ("pearson", Pearson),
+    ("sq_hellinger", SquaredHellinger),
+    ("tsallis", Tsallis),
+    ("vlc", VinczeLeCam),
+):
+    DIVERGENCES.register(_name)(_cls)
 
 
 def get_divergence(name: str, *, tsallis_alpha: float = 1.5) -> Divergence:

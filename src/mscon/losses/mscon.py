@@ -16,10 +16,54 @@ from torch import Tensor
 
 from mscon import distributed
 from mscon.losses import _checks
+from mscon.losses.fmicl import FMICLLoss
 from mscon.losses.functional import supcon_per_anchor, valid_means
 from mscon.losses.weighting import WeightedTaskLoss
 
-__all__ = ["MSConLoss"]
+__all__ = ["MSConLoss", "MSConFMICLLoss", "check_heads"]
+
+
+def check_heads(
+    owner: str, c: int, features: object, labels: object
+) -> tuple[list[Tensor], Tensor]:
+    """Validate C heads' features ((C, B, V, d) or C tensors (B, V, d)) and labels (B, C)."""
+    if isinstance(features, Tensor):
+        _checks.check_float_tensor(owner, "features", features, "(C, B, V, d)")
+        if features.ndim != 4 or features.shape[0] != c:
+            raise ValueError(
+                f"{owner}: features must have shape (C, B, V, d) with C = {c}, "
+                f"got {_checks.shape_str(features.shape)}"
+            )
+        heads = list(features.unbind(0))
+    elif isinstance(features, Sequence) and not isinstance(features, str):
+        if len(features) != c:
+            raise ValueError(
+                f"{owner}: features must be a sequence of C = {c} tensors (B, V, d), "
+                f"got {len(features)}"
+            )
+        heads = list(features)
+    else:
+        raise ValueError(
+            f"{owner}: features must be a tensor (C, B, V, d) or a sequence of C tensors "
+            f"(B, V, d), got {type(features).__name__}"
+        )
+    for i, z in enumerate(heads):
+        name = f"features[{i}]"
+        _checks.check_float_tensor(owner, name, z, "(B, V, d)")
+        if z.ndim != 3 or min(z.shape[:2]) < 1:
+            raise ValueError(
+                f"{owner}: {name} must have shape (B, V, d) with B, V >= 1, "
+                f"got {_checks.shape_str(z.shape)}"
+            )
+        if z.shape[0] != heads[0].shape[0]:
+            raise ValueError(
+                f"{owner}: every head must have the same batch size B = {heads[0].shape[0]}, "
+                f"got {name} of shape {_checks.shape_str(z.shape)}"
+            )
+        _checks.check_embeddings(owner, name, z, "(B, V, d)")
+    b = heads[0].shape[0]
+    labels = _checks.check_labels(owner, "labels", labels, (b, c), "(B, C)")
+    return heads, labels
 
 
 class MSConLoss(WeightedTaskLoss):
@@ -114,44 +158,7 @@ class MSConLoss(WeightedTaskLoss):
         self.instance_mix = float(instance_mix)
 
     def _check(self, features: object, labels: object) -> tuple[list[Tensor], Tensor]:
-        owner, c = "MSConLoss", self.num_similarities
-        if isinstance(features, Tensor):
-            _checks.check_float_tensor(owner, "features", features, "(C, B, V, d)")
-            if features.ndim != 4 or features.shape[0] != c:
-                raise ValueError(
-                    f"{owner}: features must have shape (C, B, V, d) with C = {c}, "
-                    f"got {_checks.shape_str(features.shape)}"
-                )
-            heads = list(features.unbind(0))
-        elif isinstance(features, Sequence) and not isinstance(features, str):
-            if len(features) != c:
-                raise ValueError(
-                    f"{owner}: features must be a sequence of C = {c} tensors (B, V, d), "
-                    f"got {len(features)}"
-                )
-            heads = list(features)
-        else:
-            raise ValueError(
-                f"{owner}: features must be a tensor (C, B, V, d) or a sequence of C tensors "
-                f"(B, V, d), got {type(features).__name__}"
-            )
-        for i, z in enumerate(heads):
-            name = f"features[{i}]"
-            _checks.check_float_tensor(owner, name, z, "(B, V, d)")
-            if z.ndim != 3 or min(z.shape[:2]) < 1:
-                raise ValueError(
-                    f"{owner}: {name} must have shape (B, V, d) with B, V >= 1, "
-                    f"got {_checks.shape_str(z.shape)}"
-                )
-            if z.shape[0] != heads[0].shape[0]:
-                raise ValueError(
-                    f"{owner}: every head must have the same batch size B = {heads[0].shape[0]}, "
-                    f"got {name} of shape {_checks.shape_str(z.shape)}"
-                )
-            _checks.check_embeddings(owner, name, z, "(B, V, d)")
-        b = heads[0].shape[0]
-        labels = _checks.check_labels(owner, "labels", labels, (b, c), "(B, C)")
-        return heads, labels
+        return check_heads("MSConLoss", self.num_similarities, features, labels)
 
     def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
         """Weighted sum of the per-similarity SupCon losses of ``features`` and ``labels``."""
@@ -225,3 +232,108 @@ class MSConLoss(WeightedTaskLoss):
         return -own * share_own * torch.log(share_own) - torch.where(
             rest > 0, rest * share_rest * torch.log(share_rest), torch.zeros_like(rest)
         )
+
+
+class MSConFMICLLoss(WeightedTaskLoss):
+    r"""MSCon with supervised f-MICL as each similarity's loss (SPEC sections 4 and 6).
+
+    For similarity :math:`c`, :math:`L_c` is :class:`~mscon.losses.FMICLLoss` of the
+    head's embeddings with the labels :math:`y^c` (pairs of views with the same label
+    are positives, with different labels negatives; views with a missing label take
+    part in no pair). The per-similarity losses are combined by a task weighting.
+
+    f-MICL losses can be negative and have no temperature, so only the weighting
+    modes in :data:`WEIGHTINGS` apply (``uncertainty``, ``temperature``,
+    ``normalized`` and ``excess`` need a positive loss or a temperature). For
+    ``relative``: chance :math:`U` = :func:`~mscon.losses.fmicl.fmicl_chance` (the
+    loss of embeddings that ignore the labels, every pair at cosine 0) and floor
+    :math:`H_c` = :func:`~mscon.losses.fmicl.fmicl_floor` of the :math:`K_c` classes
+    present in the batch (positives at :math:`u = \mu`, classes on a regular
+    simplex). A collapsed head (every embedding equal) sits far above chance, so
+    :math:`r_c > 1` there.
+
+    Args:
+        num_similarities: C >= 1.
+        weighting: one of :data:`WEIGHTINGS` (default ``equal``).
+        weights: (C,) for ``fixed``.
+        divergence, alpha, sigma, mu, tsallis_alpha: as :class:`~mscon.losses.FMICLLoss`.
+        gather_distributed: pairs over all ranks (see :class:`~mscon.losses.FMICLLoss`).
+
+    Shapes: as :class:`MSConLoss` (V >= 2 views).
+
+    Example:
+        >>> import torch
+        >>> loss_fn = MSConFMICLLoss(2, divergence="pearson", alpha=1.0)
+        >>> features = torch.ones(2, 4, 2, 16)  # every pair at u = 1: f'(1) = f*(f'(1)) = 0
+        >>> labels = torch.tensor([[0, 1], [0, 1], [1, -1], [2, -1]])
+        >>> float(loss_fn(features, labels)), loss_fn.last_losses.tolist()
+        (0.0, [0.0, 0.0])
+    """
+
+    WEIGHTINGS = ("equal", "fixed", "relative")
+
+    def __init__(
+        self,
+        num_similarities: int,
+        weighting: str = "equal",
+        weights: Sequence[float] | None = None,
+        *,
+        divergence: str = "kl",
+        alpha: float = 40.0,
+        sigma: float = 0.5**0.5,
+        mu: float = 1.0,
+        tsallis_alpha: float = 1.5,
+        gather_distributed: bool = False,
+    ) -> None:
+        owner = "MSConFMICLLoss"
+        if (
+            isinstance(num_similarities, bool)
+            or not isinstance(num_similarities, int)
+            or num_similarities < 1
+        ):
+            raise ValueError(
+                f"{owner}: num_similarities must be an integer >= 1, got {num_similarities!r}"
+            )
+        if weighting not in self.WEIGHTINGS:
+            raise ValueError(
+                f"{owner}: weighting must be one of {', '.join(self.WEIGHTINGS)} for f-MICL "
+                f"losses (they can be negative and have no temperature), got {weighting!r}"
+            )
+        super().__init__(
+            num_similarities, weighting, weights, owner=owner, gather_distributed=gather_distributed
+        )
+        self.num_similarities = num_similarities
+        self.base = FMICLLoss(
+            divergence,
+            alpha,
+            sigma,
+            mu,
+            tsallis_alpha,
+            gather_distributed=gather_distributed,
+        )
+
+    def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
+        """Weighted sum of the per-similarity supervised f-MICL losses."""
+        heads, labels = check_heads("MSConFMICLLoss", self.num_similarities, features, labels)
+        if min(z.shape[1] for z in heads) < 2:
+            raise ValueError(
+                f"MSConFMICLLoss: features need V >= 2 views per image, got "
+                f"{_checks.shape_str(heads[0].shape)}"
+            )
+        losses = torch.stack([self.base(z, labels[:, i]) for i, z in enumerate(heads)])
+        everyone = labels
+        if self.gather_distributed and distributed.is_distributed():
+            sizes = distributed.gather_sizes(labels.shape[0], labels.device)
+            everyone = distributed.gather_no_grad(labels, sizes)
+        counts = (everyone >= 0).sum(0)
+        floors = chance = None
+        if self.weighting.needs_floors:
+            present = [int(torch.unique(col[col >= 0]).numel()) for col in everyone.T]
+            floors = torch.tensor(
+                [self.base.floor(max(k, 1)) for k in present], dtype=losses.dtype
+            ).to(losses.device)
+            chance = torch.full_like(losses, self.base.chance())
+        return self.combine(losses, counts, floors, chance)
+
+    def extra_repr(self) -> str:
+        return f"num_similarities={self.num_similarities}"

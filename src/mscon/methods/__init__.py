@@ -10,16 +10,21 @@ from torch import nn
 
 from mscon.config import Config
 from mscon.methods.base import METHODS, Method, register_method
+from mscon.methods.fmicl import FMICL
 from mscon.methods.mscon import MSCon
 from mscon.methods.multitask_ce import MultiTaskCE
+from mscon.methods.sce import SCE, MoCo
 from mscon.methods.simclr import SimCLR
 from mscon.methods.supcon import SupCon
 
 __all__ = [
     "METHODS",
     "Method",
+    "FMICL",
+    "MoCo",
     "MSCon",
     "MultiTaskCE",
+    "SCE",
     "SimCLR",
     "SupCon",
     "build_method",

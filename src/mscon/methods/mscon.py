@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mscon.config import Config, TaskWeightsConfig
-from mscon.losses import MSConLoss
+from mscon.losses import MSConFMICLLoss, MSConLoss
 from mscon.methods.base import (
     Method,
     head_options,
@@ -17,22 +17,58 @@ from mscon.methods.base import (
     task_log_values,
     with_task_weight_options,
 )
+from mscon.methods.fmicl import FMICL_KEYS, FMICLOptions, tsallis_only
 from mscon.models.heads import MultiHead
 
+# method.weighting when the config leaves it out, per base loss: chosen by measurement
+# (docs/results.md). f-MICL losses can be negative: only MSConFMICLLoss.WEIGHTINGS apply.
+DEFAULT_WEIGHTING = {"supcon": "relative", "fmicl": "equal"}
+SUPCON_KEYS = ("temperature", "form", "instance_mix")
 
-class MSConConfig(TaskWeightsConfig):
+
+class MSConConfig(TaskWeightsConfig, FMICLOptions):
     """``method`` keys of ``mscon``.
 
-    ``weighting`` defaults to ``relative``, chosen by the weights study
-    (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the paper's form.
+    ``base_loss`` is each similarity's loss: ``supcon`` (the paper's; reads
+    ``temperature``, ``form``, ``instance_mix``) or ``fmicl`` (supervised f-MICL;
+    reads the f-MICL keys and allows only the weightings of
+    :class:`~mscon.losses.MSConFMICLLoss`). ``weighting`` defaults per base loss
+    (:data:`DEFAULT_WEIGHTING`): ``relative`` for supcon, chosen by the weights
+    study (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the
+    paper's form.
     """
 
     name: Literal["mscon"] = "mscon"
+    base_loss: Literal["supcon", "fmicl"] = "supcon"
     temperature: float = Field(0.1, gt=0)
     form: Literal["out", "in"] = "out"
-    weighting: str = "relative"
+    weighting: str = DEFAULT_WEIGHTING["supcon"]
     instance_similarity: bool = False
     instance_mix: float = Field(0.0, ge=0, lt=1)
+
+    @classmethod
+    def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
+        if values.get("base_loss", "supcon") == "fmicl":
+            return set(SUPCON_KEYS) | tsallis_only(values)
+        return set(FMICL_KEYS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_weighting(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("weighting") is None:
+            base = values.get("base_loss", "supcon")
+            values = {**values, "weighting": DEFAULT_WEIGHTING.get(base, "relative")}
+        return values
+
+    @model_validator(mode="after")
+    def _weighting_fits_the_base_loss(self) -> MSConConfig:
+        allowed = MSConFMICLLoss.WEIGHTINGS
+        if self.base_loss == "fmicl" and self.weighting not in allowed:
+            raise ValueError(
+                f"weighting {self.weighting!r} does not apply to base_loss fmicl (its losses "
+                f"can be negative and have no temperature); use one of {', '.join(allowed)}"
+            )
+        return self
 
     def num_tasks(self, config: Config) -> int:
         return len(config.data.similarities) + int(self.instance_similarity)
@@ -42,6 +78,8 @@ class MSConConfig(TaskWeightsConfig):
 class MSCon(Method):
     """Shared encoder, a head per similarity, learned similarity weights.
 
+    With ``fmicl`` (the f-MICL keyword arguments) each similarity's loss is
+    supervised f-MICL (:class:`~mscon.losses.MSConFMICLLoss`) instead of SupCon.
     With ``instance_similarity`` one more head (logged as ``instance``) treats
     the views of each image as its only positives (SimCLR's similarity), weighted
     like the labelled ones. With ``instance_mix`` > 0 each head's target mixes in
@@ -66,19 +104,24 @@ class MSCon(Method):
         batch_norm: bool = False,
         instance_similarity: bool = False,
         instance_mix: float = 0.0,
+        fmicl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
         self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
-        self.loss_fn = MSConLoss(
-            heads,
-            temperature=temperature,
-            weighting=weighting,
-            weights=weights,
-            form=form,
-            instance_mix=instance_mix,
-        )
+        self.loss_fn: MSConLoss | MSConFMICLLoss
+        if fmicl is not None:
+            self.loss_fn = MSConFMICLLoss(heads, weighting, weights, **fmicl)
+        else:
+            self.loss_fn = MSConLoss(
+                heads,
+                temperature=temperature,
+                weighting=weighting,
+                weights=weights,
+                form=form,
+                instance_mix=instance_mix,
+            )
 
     @classmethod
     def from_config(
@@ -95,6 +138,7 @@ class MSCon(Method):
             weights=m.weights,
             instance_similarity=m.instance_similarity,
             instance_mix=m.instance_mix,
+            fmicl=m.fmicl_kwargs() if m.base_loss == "fmicl" else None,
             **head_options(config),
         )
         return with_task_weight_options(method, m)
