@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "METHODS",
     "Method",
-    "head_options",
+    "with_heads",
     "register_method",
     "task_log_values",
     "with_task_weight_options",
@@ -59,13 +59,20 @@ def register_method(name: str):
     return add
 
 
-def head_options(config: Config) -> dict[str, Any]:
-    """The projection-head keyword arguments of ``config.model``."""
-    return {
-        "projection_dim": config.model.projection_dim,
-        "hidden_dim": config.model.hidden_dim,
-        "batch_norm": config.model.head_batch_norm,
-    }
+def with_heads(
+    cls: type[Method], config: Config, encoder: nn.Module, feature_dim: int, **options: Any
+) -> Method:
+    """``cls(encoder, feature_dim, data.similarities, **options)`` with ``config.model``'s
+    projection-head options (``projection_dim``, ``hidden_dim``, ``batch_norm``)."""
+    return cls(
+        encoder,
+        feature_dim,
+        list(config.data.similarities),
+        projection_dim=config.model.projection_dim,
+        hidden_dim=config.model.hidden_dim,
+        batch_norm=config.model.head_batch_norm,
+        **options,
+    )
 
 
 class Method(nn.Module):

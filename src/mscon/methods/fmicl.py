@@ -15,7 +15,7 @@ from torch import nn
 from mscon.config import Config, MethodConfig, check_registered
 from mscon.losses import FMICLLoss
 from mscon.losses.divergences import DIVERGENCES
-from mscon.methods.base import Method, head_options, register_method
+from mscon.methods.base import Method, register_method, with_heads
 from mscon.models.heads import ProjectionHead
 
 FMICL_KEYS = ("divergence", "alpha", "sigma", "mu", "tsallis_alpha")
@@ -93,12 +93,12 @@ class FMICL(Method):
         cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
     ) -> FMICL:
         m: FMICLConfig = config.method  # type: ignore[assignment]
-        return cls(
+        return with_heads(
+            cls,
+            config,
             encoder,
             feature_dim,
-            list(config.data.similarities),
             fmicl=m.fmicl_kwargs(),
-            **head_options(config),
         )
 
     @property

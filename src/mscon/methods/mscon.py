@@ -12,9 +12,9 @@ from mscon.config import Config, TaskWeightsConfig
 from mscon.losses import MSConFMICLLoss, MSConLoss
 from mscon.methods.base import (
     Method,
-    head_options,
     register_method,
     task_log_values,
+    with_heads,
     with_task_weight_options,
 )
 from mscon.methods.fmicl import FMICL_KEYS, FMICLOptions, tsallis_only
@@ -128,10 +128,11 @@ class MSCon(Method):
         cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
     ) -> MSCon:
         m: MSConConfig = config.method  # type: ignore[assignment]
-        method = cls(
+        method = with_heads(
+            cls,
+            config,
             encoder,
             feature_dim,
-            list(config.data.similarities),
             temperature=m.temperature,
             form=m.form,
             weighting=m.weighting,
@@ -139,7 +140,6 @@ class MSCon(Method):
             instance_similarity=m.instance_similarity,
             instance_mix=m.instance_mix,
             fmicl=m.fmicl_kwargs() if m.base_loss == "fmicl" else None,
-            **head_options(config),
         )
         return with_task_weight_options(method, m)
 

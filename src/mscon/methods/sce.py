@@ -29,7 +29,7 @@ from torch import nn
 
 from mscon.config import AugmentConfig, Config, MethodConfig
 from mscon.losses import SCELoss
-from mscon.methods.base import Method, head_options, register_method
+from mscon.methods.base import Method, register_method, with_heads
 from mscon.models.heads import ProjectionHead
 from mscon.models.momentum import (
     MOMENTUM_SCHEDULES,
@@ -137,10 +137,11 @@ class SCE(Method):
         cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
     ) -> SCE:
         m: MomentumConfig = config.method  # type: ignore[assignment]
-        return cls(
+        return with_heads(
+            cls,
+            config,
             encoder,
             feature_dim,
-            list(config.data.similarities),
             **cls.loss_options(m),
             queue_size=m.queue_size,
             momentum=m.momentum,
@@ -148,7 +149,6 @@ class SCE(Method):
             predictor=m.predictor,
             symmetric=m.symmetric,
             bn_splits=m.bn_splits,
-            **head_options(config),
         )
 
     @property

@@ -10,7 +10,7 @@ from torch import nn
 
 from mscon.config import Config, MethodConfig
 from mscon.losses import NTXentLoss, SupConLoss
-from mscon.methods.base import Method, head_options, register_method
+from mscon.methods.base import Method, register_method, with_heads
 from mscon.models.heads import ProjectionHead
 
 
@@ -53,8 +53,7 @@ class SimCLR(Method):
         cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
     ) -> SimCLR:
         m: SimCLRConfig = config.method  # type: ignore[assignment]
-        columns = list(config.data.similarities)
-        return cls(encoder, feature_dim, columns, temperature=m.temperature, **head_options(config))
+        return with_heads(cls, config, encoder, feature_dim, temperature=m.temperature)
 
     @property
     def trained_columns(self) -> list[str]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from mscon.config import Config, MethodConfig
 from mscon.losses import SupConLoss
-from mscon.methods.base import Method, head_options, register_method
+from mscon.methods.base import Method, register_method, with_heads
 from mscon.models.heads import ProjectionHead
 
 
@@ -49,13 +49,13 @@ class SupCon(Method):
         cls, config: Config, encoder: nn.Module, feature_dim: int, num_classes: list[int]
     ) -> SupCon:
         m: SupConConfig = config.method  # type: ignore[assignment]
-        return cls(
+        return with_heads(
+            cls,
+            config,
             encoder,
             feature_dim,
-            list(config.data.similarities),
             temperature=m.temperature,
             form=m.form,
-            **head_options(config),
         )
 
     @property
