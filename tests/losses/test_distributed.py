@@ -7,15 +7,13 @@ DDP's averaging yields) is the single-process gradient of its rows.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from losses.helpers import run_ranks
 from mscon.losses import MSConLoss, MultiTaskCELoss, NTXentLoss, SupConLoss
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -95,30 +93,7 @@ def single_process(data: dict) -> dict[str, dict[str, torch.Tensor]]:
 def test_two_process_gloo_matches_single_process(tmp_path, gen):
     data = make_inputs(gen)
     torch.save(data, tmp_path / "inputs.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(WORLD), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_ranks(WORKER, tmp_path, WORLD, timeout=180)
     want = single_process(data)
     splits = data["splits"]
     for name, ref in want.items():

@@ -8,15 +8,13 @@ single-process gradient of its rows.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from losses.helpers import run_ranks
 from mscon.losses import FMICLLoss
 
 WORKER = Path(__file__).with_name("fmicl_distributed_worker.py")
@@ -59,30 +57,7 @@ def make_cases(gen: torch.Generator) -> dict:
 def test_two_process_gloo_matches_single_process(tmp_path, gen):
     data = make_cases(gen)
     torch.save(data, tmp_path / "inputs.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(WORLD), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_ranks(WORKER, tmp_path, WORLD, timeout=180)
     splits = data["splits"]
     for name, case in data["cases"].items():
         x = case["features"].clone().requires_grad_()

@@ -8,9 +8,6 @@ single-process gradient of its rows.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from losses.helpers import run_ranks
 from mscon.losses import SCELoss
 from mscon.models import MomentumQueue
 
@@ -70,29 +68,7 @@ def single_process(data: dict) -> dict[str, dict[str, torch.Tensor]]:
 def test_two_process_gloo_matches_single_process(tmp_path):
     data = make_inputs(torch.Generator().manual_seed(1234))
     torch.save(data, tmp_path / "inputs.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(WORLD), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_ranks(WORKER, tmp_path, WORLD, timeout=120)
     splits = data["splits"]
 
     # the loss: mean over ranks and per-rank gradients / world size

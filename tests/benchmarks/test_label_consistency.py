@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from label_consistency import consistency  # noqa: E402
+from label_consistency import consistency
 
 
 def test_clustered_labels_are_fully_consistent_and_random_ones_are_at_chance():

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import weights_grid  # noqa: E402
+import weights_grid
 
 COLUMNS = ["fine", "noisy", "coarse"]
 

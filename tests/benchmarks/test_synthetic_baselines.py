@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+import synthetic_baselines as baselines
 
 from mscon.data.synthetic import ATTRIBUTES
 from mscon.evaluate import ALPHA_GRID, L2_GRID, linear_probe
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_baselines.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("synthetic_baselines", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-baselines = _load()
 
 
 def test_raw_pixel_baselines_use_the_evaluate_protocols_on_a_val_split(monkeypatch):
