@@ -103,6 +103,34 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def paired(results: dict[str, list[dict[str, Any]]], reference: str) -> str:
+    """Markdown: each variant's linear top-1 minus ``reference``'s on the same seed,
+    mean ± standard error of the paired differences, per task."""
+    if reference not in results:
+        raise SystemExit(f"--paired {reference}: no such variant ({', '.join(results)})")
+    base = results[reference]
+    lines = [
+        f"| variant | task | linear top-1 − {reference} | kNN top-1 − {reference} | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in results.items():
+        if label == reference:
+            continue
+        pairs = [(r, b) for r, b in zip(runs, base, strict=False) if r["tasks"] and b["tasks"]]
+        if not pairs:
+            continue
+        for task, row in pairs[0][1]["tasks"].items():
+            if "linear_top1" not in row:
+                continue
+            cells = []
+            for key in ("linear_top1", "knn_top1"):
+                diffs = [r["tasks"][task][key] - b["tasks"][task][key] for r, b in pairs]
+                se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+                cells.append(f"{statistics.mean(diffs):+.1f} ± {se:.1f}")
+            lines.append(f"| {label} | {task} | {cells[0]} | {cells[1]} | {len(pairs)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -124,11 +152,18 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="overrides for every run",
     )
+    parser.add_argument(
+        "--paired",
+        metavar="LABEL",
+        help="also print each variant's per-seed difference to variant LABEL (mean ± s.e.)",
+    )
     args = parser.parse_args()
     variants = parse_variants(args.variant)
     results = run_grid(args.base, args.out, variants, args.seeds, args.overrides)
     (args.out / "grid.json").write_text(json.dumps(results, indent=1))
     table = summarise(results)
+    if args.paired:
+        table += "\n\n" + paired(results, args.paired)
     command = "python benchmarks/method_grid.py " + " ".join(
         f"--variant {label} {' '.join(o)}".strip() for label, o in variants.items()
     )
