@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -164,9 +166,7 @@ def main() -> None:
     table = summarise(results)
     if args.paired:
         table += "\n\n" + paired(results, args.paired)
-    command = "python benchmarks/method_grid.py " + " ".join(
-        f"--variant {label} {' '.join(o)}".strip() for label, o in variants.items()
-    )
+    command = "python benchmarks/method_grid.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (args.out / "grid.md").write_text(f"{table}\n\nseeds {args.seeds}; {command}\n")
     print(table)
 
