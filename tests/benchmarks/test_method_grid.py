@@ -1,6 +1,5 @@
-import pytest
-
 import method_grid
+import pytest
 
 
 def result(linear, knn):
