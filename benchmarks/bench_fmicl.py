@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
+
+from timing import time_step
 
 DIVERGENCES = ("kl", "js", "pearson", "sq_hellinger", "tsallis", "vlc")
 CASES = ("ntxent", *(f"fmicl_{name}" for name in DIVERGENCES), "fmicl_kl_supervised")
@@ -53,16 +52,7 @@ def measure(case: str, n: int, repeats: int, chunk_size: int | None) -> dict[str
 
     import mscon.losses  # noqa: F401
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step = build(case, n, chunk_size)
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": statistics.median(times), "peak_mb": (peak - before) / 1024}
+    return time_step(lambda: build(case, n, chunk_size), repeats)
 
 
 def main() -> None:

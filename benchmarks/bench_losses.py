@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
+
+from timing import time_step
 
 CASES = ("mscon_C3", "pml_supcon_x3", "supcon", "pml_supcon", "ntxent", "lightly_ntxent")
 DIM, CLASSES, SIMILARITIES = 128, 10, 3
@@ -67,16 +66,7 @@ def build(case: str, n: int) -> Callable[[], None]:
 
 def measure(case: str, n: int, repeats: int) -> dict[str, float]:
     """Run in this process: median seconds and peak RSS growth in MB."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step = build(case, n)
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": statistics.median(times), "peak_mb": (peak - before) / 1024}
+    return time_step(lambda: build(case, n), repeats)
 
 
 def main() -> None:
