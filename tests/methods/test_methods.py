@@ -86,3 +86,9 @@ def test_mscon_instance_mix_from_config(weighting, tiny_config):
     weights = method.log_values()["weights"]
     if weighting != "excess":
         assert sum(weights.values()) == pytest.approx(3.0)
+
+
+def test_mscon_reads_its_supcon_form(tiny_config):
+    encoder, dim = build_backbone("cnn_small")
+    method = build_method(tiny_config("mscon", **{"method.form": "in"}), encoder, dim, [4, 3, 2])
+    assert method.loss_fn.form == "in"

@@ -115,3 +115,13 @@ def test_eval_reads_the_students_encoder(tiny_config):
     run = train(tiny_config("sce", **{"method.queue_size": 32, "train.epochs": 1}))
     result = evaluate_run(run)
     assert {r["domain"] for r in result["tasks"].values()} == {"out"}
+
+
+def test_predictor_sits_on_the_student_only(tiny_config):
+    method = make("sce", tiny_config, **{"method.predictor": True, "method.queue_size": 0})
+    assert method.predictor is not None
+    assert not any(k.startswith("teacher.module.2") for k in method.state_dict())
+    views = torch.randn(8, 2, 3, 16, 16)
+    loss = method(views, torch.zeros(8, 3, dtype=torch.long), torch.arange(8))["loss"]
+    loss.backward()
+    assert method.predictor.net[0].weight.grad is not None
