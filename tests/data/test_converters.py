@@ -117,51 +117,76 @@ def test_heel_and_first_value_helpers():
     assert first_value(" Boys;Girls ") == "Boys" and first_value("") == ""
 
 
+# The real release's header and column order; image_id holds the source and
+# event_name the file name in the published rows.
 MEDIC_HEADER = (
-    "event_name\timage_id\timage_path\tdamage_severity\tinformative\thumanitarian\tdisaster_types"
+    "image_id\tevent_name\timage_path\tdamage_severity\tinformative\thumanitarian\tdisaster_types"
 )
+MEDIC_TASKS = {"damage_severity", "informative", "humanitarian", "disaster_types"}
 
 
-def make_medic(root: Path, drop_column: str | None = None, skip_dev: bool = False) -> Path:
-    """src/MEDIC/MEDIC_{train,dev,test}.tsv + data/<source>/<event>/<id>.jpg."""
+def _truncated_jpeg(path: Path) -> None:
+    """A JPEG cut short (Pillow decodes it only with its truncated-image tolerance)."""
+    rng = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def make_medic(
+    root: Path, drop_column: str | None = None, skip_dev: bool = False, quirks: bool = False
+) -> Path:
+    """src/MEDIC/MEDIC_{train,dev,test}.tsv + data/<source>/<event>/<file>.jpg.
+
+    With ``quirks``: one truncated JPEG and one file that is not an image (both
+    in the train split), and one source without an event folder.
+    """
     release = root / "MEDIC"
     rows = {
         "train": [
-            (
-                "harvey",
-                "1",
-                "severe",
-                "informative",
-                "infrastructure_and_utility_damage",
-                "hurricane",
-            ),
-            ("harvey", "2", "", "not_informative", "not_humanitarian", "not_disaster"),
-            ("nepal_eq", "3", "mild", "informative", "", "earthquake"),
+            ("crisismmd", "harvey", "1", "severe", "informative",
+             "infrastructure_and_utility_damage", "hurricane"),
+            ("crisismmd", "harvey", "2", "", "not_informative", "not_humanitarian",
+             "not_disaster"),
+            ("ASONAM17_Damage_Image_Dataset", "nepal_eq", "3", "mild", "informative", "",
+             "earthquake"),
         ],
         "dev": [
-            (
-                "nepal_eq",
-                "4",
-                "little_or_none",
-                "informative",
-                "rescue_volunteering_or_donation_effort",
-                "earthquake",
-            )
+            ("ASONAM17_Damage_Image_Dataset", "nepal_eq", "4", "little_or_none", "informative",
+             "rescue_volunteering_or_donation_effort", "earthquake"),
         ],
         "test": [
-            ("maria", "5", "severe", "informative", "affected_injured_or_dead_people", "hurricane"),
-            ("maria", "6", "mild", "not_informative", "not_humanitarian", "flood"),
+            ("crisismmd", "maria", "5", "severe", "informative",
+             "affected_injured_or_dead_people", "hurricane"),
+            ("crisismmd", "maria", "6", "mild", "not_informative", "not_humanitarian", "flood"),
         ],
-    }
+    }  # fmt: skip
+    if quirks:
+        rows["train"] += [
+            ("aidr_info", "", "7", "", "informative", "not_humanitarian", "fire"),
+            ("crisismmd", "harvey", "truncated", "mild", "informative", "", "hurricane"),
+            ("crisismmd", "harvey", "notanimage", "mild", "informative", "", "hurricane"),
+        ]
+        rows["test"] += [
+            ("aidr_info", "", "8", "severe", "informative", "not_humanitarian", "fire"),
+        ]
     header = MEDIC_HEADER.split("\t")
     for split, entries in rows.items():
         if split == "dev" and skip_dev:
             continue
         lines = []
-        for event, image_id, *labels in entries:
-            image_path = f"data/crisismmd/{event}/{image_id}.jpg"
-            _jpeg(release / image_path, colour=(30, 30, 200))
-            lines.append([event, image_id, image_path, *labels])
+        for source, event, stem, *labels in entries:
+            file = f"{event}_{stem}.jpg" if event else f"{stem}.jpg"
+            image_path = "/".join(p for p in ("data", source, event, file) if p)
+            if stem == "truncated":
+                _truncated_jpeg(release / image_path)
+            elif stem == "notanimage":
+                (release / image_path).write_text("<html>404 not found</html>")
+            else:
+                _jpeg(release / image_path, colour=(30, 30, 200))
+            lines.append([source.split("_")[0], file, image_path, *labels])
         keep = [i for i, h in enumerate(header) if h != drop_column]
         text = ["\t".join(header[i] for i in keep)] + [
             "\t".join(line[i] for i in keep) for line in lines
@@ -176,17 +201,54 @@ def test_medic_converter(tmp_path):
     data = load_dataset(str(out), image_size=8)
     assert len(data) == 6
     assert data.split.tolist() == ["train", "train", "train", "val", "test", "test"]
-    assert set(data.columns()) == {
-        "damage_severity",
-        "informative",
-        "humanitarian",
-        "disaster_types",
-        "event_name",
-    }
+    assert set(data.columns()) == MEDIC_TASKS | {"source", "event"}
     assert data.labels["damage_severity"][1] == -1 and data.labels["humanitarian"][2] == -1
     assert data.classes["damage_severity"] == ["little_or_none", "mild", "severe"]
+    assert data.classes["source"] == ["ASONAM17_Damage_Image_Dataset", "crisismmd"]
+    assert data.classes["event"] == ["harvey", "maria", "nepal_eq"]
     assert data.label_matrix(["damage_severity", "informative"]).shape == (6, 2)
     assert data.images[0, 2].float().mean() > 150
+
+
+def test_medic_real_quirks(tmp_path):
+    """The id columns stay out; a truncated JPEG is kept and reported; a non-image is dropped."""
+    src = make_medic(tmp_path / "medic", quirks=True)
+    with pytest.warns(UserWarning) as record:
+        out = convert_medic(src, tmp_path / "out")
+    messages = [str(w.message) for w in record]
+    assert any("1 truncated image(s)" in m and "harvey_truncated.jpg" in m for m in messages), (
+        messages
+    )
+    assert any(
+        "1 file(s) are not decodable images" in m and "harvey_notanimage.jpg" in m for m in messages
+    ), messages
+    assert all(w.filename == __file__ for w in record)  # the converter's caller, not internals
+    header, *lines = (out / "labels.csv").read_text().splitlines()
+    assert header.split(",") == [
+        "path", "split", "damage_severity", "informative", "humanitarian", "disaster_types",
+        "source", "event",
+    ]  # fmt: skip
+    assert not {"image_id", "event_name"} & set(header.split(","))
+    assert any("harvey_truncated.jpg" in line for line in lines)
+    assert not any("notanimage" in line for line in lines)
+    assert len(lines) == 9
+    with pytest.warns(UserWarning, match="1 truncated image"):  # at training time: kept
+        data = load_dataset(str(out), image_size=8)
+    assert data.classes["source"] == ["ASONAM17_Damage_Image_Dataset", "aidr_info", "crisismmd"]
+    events = [data.classes["event"][i] if i >= 0 else None for i in data.labels["event"].tolist()]
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the tolerance was scoped
+    assert events.count(None) == 2  # aidr_info paths have no event folder
+
+
+def test_medic_cli_exit_0(tmp_path, capsys):
+    from mscon.cli import main
+
+    src = make_medic(tmp_path / "medic", quirks=True)
+    with pytest.warns(UserWarning):
+        assert main(["data", "medic", str(src), "--out", str(tmp_path / "out")]) == 0
+    assert "labels.csv" in capsys.readouterr().out
 
 
 def test_medic_errors(tmp_path):
@@ -194,7 +256,7 @@ def test_medic_errors(tmp_path):
         convert_medic(tmp_path, tmp_path / "out")
     src = make_medic(tmp_path / "a", drop_column="humanitarian")
     with pytest.raises(
-        DataError, match=r"MEDIC_train.tsv: no column 'humanitarian'; available: event_name"
+        DataError, match=r"MEDIC_train.tsv: no column 'humanitarian'; available: image_id"
     ):
         convert_medic(src, tmp_path / "out")
     src = make_medic(tmp_path / "b", skip_dev=True)
@@ -204,7 +266,7 @@ def test_medic_errors(tmp_path):
 
 def test_medic_drops_rows_with_missing_images(tmp_path):
     src = make_medic(tmp_path / "medic")
-    (src / "MEDIC" / "data" / "crisismmd" / "maria" / "6.jpg").unlink()
+    (src / "MEDIC" / "data" / "crisismmd" / "maria" / "maria_6.jpg").unlink()
     with pytest.warns(UserWarning, match="1 rows name a missing image"):
         out = convert_medic(src, tmp_path / "out")
     assert len(load_dataset(str(out), image_size=4)) == 5
