@@ -242,7 +242,11 @@ def _truncated_jpeg(path: Path) -> None:
 
 
 def make_medic(
-    root: Path, drop_column: str | None = None, skip_dev: bool = False, quirks: bool = False
+    root: Path,
+    drop_column: str | None = None,
+    skip_dev: bool = False,
+    quirks: bool = False,
+    repeat: int = 1,
 ) -> Path:
     """src/MEDIC/MEDIC_{train,dev,test}.tsv + data/<source>/<event>/<file>.jpg.
 
@@ -278,6 +282,10 @@ def make_medic(
         rows["test"] += [
             ("aidr_info", "", "8", "severe", "informative", "not_humanitarian", "fire"),
         ]
+    for entries in rows.values():  # copies with new file names, for training
+        base = [e for e in entries if e[2].isdigit()]
+        entries += [(src, ev, f"{stem}r{k}", *lab) for k in range(1, repeat)
+                    for src, ev, stem, *lab in base]  # fmt: skip
     header = MEDIC_HEADER.split("\t")
     for split, entries in rows.items():
         if split == "dev" and skip_dev:
