@@ -81,3 +81,14 @@ def test_shipped_configs_columns_exist_in_converter_output(tmp_path, kind):
         tasks = set(config.data.similarities) | set(config.data.eval_tasks)
         assert tasks <= columns, (name, tasks - columns)
         assert not tasks & PER_IMAGE, name
+
+
+@pytest.mark.parametrize("kind", ["zappos50k", "medic"])
+@pytest.mark.parametrize("method", ["supcon", "multitask_ce", "simclr"])
+def test_baseline_configs_are_the_paper_config_with_another_method(kind, method):
+    paper = load_config(f"{kind}-mscon").to_dict()
+    baseline = load_config(f"{kind}-{method}").to_dict()
+    assert baseline["method"]["name"] == method
+    for key in paper:
+        if key not in ("name", "method"):
+            assert baseline[key] == paper[key], key
