@@ -61,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
         converter = data_commands.add_parser(name, help=f"convert the {source} release")
         converter.add_argument("src", help=f"the unpacked {source} folder")
         converter.add_argument("--out", required=True)
+        if name == "zappos50k":
+            converter.add_argument(
+                "--multi-valued",
+                action="append",
+                default=[],
+                metavar="COLUMN=POLICY",
+                dest="multi_valued",
+                help="policy for ';'-joined cells: combine (Men+Women), first or missing; "
+                "repeatable (defaults: gender=combine, closure=combine, others first)",
+            )
     return parser
 
 
@@ -111,7 +121,13 @@ def _data(args: argparse.Namespace) -> None:
     if args.data_command == "synth":
         out = data.write_synthetic(args.out, args.size, args.seed, args.image_size)
     elif args.data_command == "zappos50k":
-        out = data.convert_zappos50k(args.src, args.out)
+        policy = {}
+        for item in args.multi_valued:
+            column, sep, value = item.partition("=")
+            if not sep:
+                raise data.DataError(f"--multi-valued {item}: expected COLUMN=POLICY")
+            policy[column] = value
+        out = data.convert_zappos50k(args.src, args.out, multi_valued=policy)
     else:
         out = data.convert_medic(args.src, args.out)
     print(f"wrote {Path(out) / 'labels.csv'}")

@@ -16,9 +16,11 @@ The format (DESIGN.md, "Data: the manifest format")::
   **categorical** (int64, -1 = missing) with classes sorted as strings, or
   numerically when every cell is a number (so ``2`` comes before ``10``).
 
-Images are converted to RGB, center-cropped to a square and resized to
-``image_size`` (Pillow, bilinear with antialiasing; JPEGs use draft mode to
-decode at a reduced scale first), then stored in a memory-mapped uint8 file
+Images are decoded under the shared image policy (:mod:`mscon.data.images`:
+a truncated but decodable image is used, with a warning) and converted to RGB,
+center-cropped to a square and resized to ``image_size`` (Pillow, bilinear
+with antialiasing; JPEGs use draft mode to decode at a reduced scale first),
+then stored in a memory-mapped uint8 file
 ``<folder>/.mscon-cache/images_<S>px_<key>.u8`` (or
 ``~/.cache/mscon/<key>/`` when the folder is not writable; ``MSCON_CACHE_DIR``
 overrides that location). The key hashes the ordered ``path`` column and each
@@ -50,7 +52,6 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 
 from mscon.data.dataset import DataError, LabelledImages, check_splits, seeded_split
+from mscon.data.images import decode_files, decode_image, warn_truncated
 
 LABELS = "labels.csv"
 CACHE_DIR = ".mscon-cache"
@@ -317,7 +319,7 @@ def _build(
     tmp = Path(tmp_name)
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
-        bad = _decode_all(files, paths, size, array)
+        bad = _decode_all(files, paths, size, array, folder)
         if bad:
             raise _bad_images(folder, bad)
         array.flush()
@@ -331,50 +333,23 @@ def _build(
 
 
 def _decode_all(
-    files: Sequence[Path], paths: Sequence[str], size: int, out: np.ndarray
+    files: Sequence[Path], paths: Sequence[str], size: int, out: np.ndarray, folder: Path
 ) -> list[tuple[str, str]]:
-    """Fill ``out`` row by row with a thread pool; returns the (path, reason) failures."""
-    from tqdm.auto import tqdm
+    """Fill ``out`` under the image policy (images.py); returns the (path, reason) failures.
 
+    Truncated-but-decodable images are used, with a warning naming them.
+    """
     first_row: dict[Path, int] = {}
     for row, file in enumerate(files):
         first_row.setdefault(file, row)
-    unique = list(first_row)
 
-    def decode(file: Path) -> str | None:
-        try:
-            out[first_row[file]] = decode_image(file, size)
-            return None
-        except Exception as error:  # any decoder failure names the file
-            return f"undecodable: {type(error).__name__}"
+    def decode(file: Path) -> None:
+        out[first_row[file]] = decode_image(file, size)
 
-    workers = min(8, (os.cpu_count() or 1) + 2)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(
-            tqdm(
-                pool.map(decode, unique, chunksize=64),
-                total=len(unique),
-                desc=f"decoding images at {size} px",
-                disable=len(unique) < 2000 or None,
-                leave=False,
-            )
-        )
-    bad = [(paths[first_row[f]], why) for f, why in zip(unique, results, strict=True) if why]
+    result = decode_files(files, decode, progress=f"decoding images at {size} px")
+    warn_truncated(folder / LABELS, [paths[first_row[f]] for f in result.truncated], stacklevel=5)
+    bad = [(paths[first_row[f]], why) for f, why in result.bad]
     for row, file in enumerate(files):
         if row != first_row[file]:
             out[row] = out[first_row[file]]
     return bad
-
-
-def decode_image(file: str | Path, size: int) -> np.ndarray:
-    """One image -> uint8 (3, size, size): RGB, center square crop, antialiased resize."""
-    from PIL import Image, ImageOps
-
-    with Image.open(file) as image:
-        image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        w, h = image.size
-        side = min(w, h)
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

@@ -14,17 +14,27 @@ tree is used when present (a center crop of the 4:3 images cuts toes and
 heels). Rows are matched to images through ``image-path.mat`` when it is there
 and the path exists, else by the CID file name found while walking the tree
 (the released paths and folder names disagree for a few brands, e.g. names
-ending in '.' or ``Levi's&#174;``). Rows without an image are dropped, with a
-warning giving the count.
+ending in '.' or ``Levi's&#174;``). Every matched image is decoded once under
+the shared image policy (:mod:`mscon.data.images`): truncated-but-decodable
+images are kept and counted in a warning; rows without an image, or whose file
+is not a decodable image, are dropped, with a warning naming the first ones and
+the count.
 
-Written columns (all from the first value of multi-valued cells such as
-``Men;Women`` -> ``Men``; empty cells stay missing):
+Cells ``NA``, ``N/A``, ``nan``, ``null``, ``none`` and empty are missing. Cells
+with several ';'-joined values (``Men;Women``, ``Boys;Girls``, ``Zipper;Buckle``)
+follow a per-column policy (``multi_valued`` argument, ``--multi-valued
+COLUMN=POLICY`` on the command line): ``combine`` joins the sorted values with
+'+' into one class (``Men+Women``: unisex shoes are not labelled Men),
+``first`` keeps the first value, ``missing`` makes the cell missing. Defaults:
+gender and closure ``combine``, every other column ``first``.
+
+Written columns:
 
 ==============  =====================================================================
 ``category``    Shoes, Boots, Sandals, Slippers
 ``subcategory`` e.g. Oxfords, Heels, Ankle, Knee High, ...
 ``closure``     e.g. Lace up, Slip-On, Buckle, Zipper, ...
-``gender``      Men, Women, Boys, Girls, ...
+``gender``      Men, Women, Boys, Girls, Men+Women, Boys+Girls, ...
 ``brand``       the brand folder of the image path (``%2E`` and HTML escapes undone)
 ``heel_height`` continuous, inches: the release's bins mapped to their midpoints
 ``heel``        the original heel-height bin as a categorical column
@@ -53,10 +63,12 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
 from mscon.data.dataset import DataError
+from mscon.data.images import check_image, decode_files, first_files, warn_truncated
 from mscon.data.manifest import write_manifest
 
 IMAGE_DIRS = ("ut-zap50k-images-square", "ut-zap50k-images")
@@ -75,35 +87,125 @@ HEEL_INCHES = {
 }
 
 
-def convert_zappos50k(src: str | Path, out: str | Path) -> Path:
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none"})
+POLICIES = ("combine", "first", "missing")
+# Columns whose cells may hold several ';'-joined values, and their default policy.
+MULTI_VALUED_DEFAULTS = {
+    "category": "first",
+    "subcategory": "first",
+    "closure": "combine",
+    "gender": "combine",
+    "heel": "first",
+    "insole": "first",
+    "material": "first",
+    "toe_style": "first",
+}
+
+
+def convert_zappos50k(
+    src: str | Path, out: str | Path, multi_valued: Mapping[str, str] | None = None
+) -> Path:
     """Write ``OUT/labels.csv`` for the UT-Zappos50K release in ``src``; returns OUT.
+
+    Args:
+        src: the unpacked release.
+        out: the manifest folder to write.
+        multi_valued: column -> policy for cells holding several ';'-joined
+            values (``combine``: the sorted values joined by '+', e.g.
+            ``Men+Women``; ``first``; ``missing``). Unnamed columns keep
+            :data:`MULTI_VALUED_DEFAULTS` (gender and closure ``combine``).
 
     Raises:
         DataError: no ``meta-data.csv`` or image tree under ``src``, a required
-            column missing from the CSV, or no row matched to an image.
+            column missing from the CSV, an unknown multi-valued column or
+            policy, or no row matched to a decodable image.
     """
+    policy = multi_valued_policy(multi_valued)
     src, out = Path(src), Path(out)
     meta = _find_meta(src)
     image_dir = _find_images(src, meta.parent)
     rows = _read_meta(meta)
     listed = _mat_paths(meta.parent / "image-path.mat", len(rows))
     by_name = _index_tree(image_dir)
+    matched = [
+        (row, _match(row, listed[i] if listed else None, image_dir, by_name))
+        for i, row in enumerate(rows)
+    ]
+    decoded = decode_files([image_dir / rel for _, rel in matched if rel], check_image)
+    bad = {file for file, _ in decoded.bad}
     paths, labels = [], {name: [] for name in _COLUMNS}
-    for i, row in enumerate(rows):
-        rel = _match(row, listed[i] if listed else None, image_dir, by_name)
-        if rel is None:
+    for row, rel in matched:
+        if rel is None or image_dir / rel in bad:
             continue
         paths.append(os.path.relpath(os.path.abspath(image_dir / rel), os.path.abspath(out)))
-        for name, value in _labels(row, rel).items():
+        for name, value in _labels(row, rel, policy).items():
             labels[name].append(value)
-    dropped = len(rows) - len(paths)
+    where = f"convert_zappos50k: {meta}"
+    unmatched = [row["CID"] for row, rel in matched if rel is None]
     if not paths:
-        raise DataError(f"{meta}: none of the {len(rows)} rows matched an image under {image_dir}")
-    if dropped:
-        warnings.warn(f"{meta}: {dropped} of {len(rows)} rows have no image; dropped", stacklevel=2)
+        raise DataError(
+            f"{meta}: none of the {len(rows)} rows matched a decodable image under {image_dir}"
+        )
+    if unmatched:
+        warnings.warn(
+            f"{where}: {len(unmatched)} of {len(rows)} rows have no image; dropped, first CIDs: "
+            f"{first_files(unmatched)}",
+            stacklevel=2,
+        )
+    if bad:
+        names = [os.path.relpath(f, image_dir) for f, _ in decoded.bad]
+        warnings.warn(
+            f"{where}: {len(names)} file(s) are not decodable images; their rows dropped, "
+            f"first: {first_files(names)}",
+            stacklevel=2,
+        )
+    warn_truncated(where, [os.path.relpath(f, image_dir) for f in decoded.truncated])
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, paths, labels)
     return out
+
+
+def multi_valued_policy(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The defaults updated by ``overrides`` (DataError naming a bad column or policy).
+
+    Example:
+        >>> multi_valued_policy({"gender": "first"})["gender"]
+        'first'
+    """
+    policy = dict(MULTI_VALUED_DEFAULTS)
+    for column, value in (overrides or {}).items():
+        key, value = column.strip().lower(), str(value).strip().lower()
+        if key not in policy:
+            raise DataError(
+                f"multi_valued: unknown column '{column}'; expected one of {', '.join(policy)}"
+            )
+        if value not in POLICIES:
+            raise DataError(
+                f"multi_valued: {column}={value}: unknown policy; expected one of "
+                f"{', '.join(POLICIES)}"
+            )
+        policy[key] = value
+    return policy
+
+
+def cell_value(cell: str, policy: str = "first") -> str:
+    """A meta-data cell under a multi-valued policy; missing markers (NA, ...) give "".
+
+    Example:
+        >>> cell_value("Women;Men", "combine"), cell_value("Men;Women", "first")
+        ('Men+Women', 'Men')
+        >>> cell_value("Boys;Girls", "missing"), cell_value("NA"), cell_value("Men;n/a")
+        ('', '', 'Men')
+    """
+    values = [v.strip() for v in cell.split(";")]
+    values = list(dict.fromkeys(v for v in values if v.lower() not in MISSING))
+    if not values:
+        return ""
+    if len(values) == 1 or policy == "first":
+        return values[0]
+    if policy == "combine":
+        return "+".join(sorted(values))
+    return ""
 
 
 _COLUMNS = ("category", "subcategory", "closure", "gender", "brand", "heel_height", "heel",
@@ -126,8 +228,8 @@ def heel_inches(cell: str) -> float:
 
 
 def first_value(cell: str) -> str:
-    """The first of ';'-joined values, stripped ("Men;Women" -> "Men")."""
-    return cell.split(";")[0].strip()
+    """The first of ';'-joined values, stripped ("Men;Women" -> "Men"); "" when missing."""
+    return cell_value(cell, "first")
 
 
 def _find_meta(src: Path) -> Path:
@@ -211,17 +313,17 @@ def _brand(rel: str) -> str:
     return html.unescape(unquote(folder)).replace("\u00ae", "").strip().rstrip(".").strip()
 
 
-def _labels(row: dict[str, str], rel: str) -> dict[str, object]:
-    heel = first_value(row.get("HeelHeight", ""))
+def _labels(row: dict[str, str], rel: str, policy: Mapping[str, str]) -> dict[str, object]:
+    heel = cell_value(row.get("HeelHeight", ""), policy["heel"])
     values: dict[str, object] = {
-        "category": first_value(row["Category"]),
-        "subcategory": first_value(row["SubCategory"]),
-        "closure": first_value(row["Closure"]),
-        "gender": first_value(row["Gender"]),
+        "category": cell_value(row["Category"], policy["category"]),
+        "subcategory": cell_value(row["SubCategory"], policy["subcategory"]),
+        "closure": cell_value(row["Closure"], policy["closure"]),
+        "gender": cell_value(row["Gender"], policy["gender"]),
         "brand": _brand(rel),
-        "heel_height": heel_inches(heel),
+        "heel_height": heel_inches(heel) if "+" not in heel else math.nan,
         "heel": heel,
     }
     for source, name in OPTIONAL.items():
-        values[name] = first_value(row.get(source, ""))
+        values[name] = cell_value(row.get(source, ""), policy[name])
     return values
