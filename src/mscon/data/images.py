@@ -133,6 +133,19 @@ def warn_truncated(where: object, names: Sequence[object], stacklevel: int = 2) 
         )
 
 
+def warn_conversion(where: object, decoded: Decoded, root: str | Path) -> None:
+    """A converter's warnings for the dropped (undecodable) and the kept truncated images,
+    named relative to ``root``; they point at the converter's caller."""
+    if decoded.bad:
+        names = [os.path.relpath(f, root) for f, _ in decoded.bad]
+        warnings.warn(
+            f"{where}: {len(names)} file(s) are not decodable images; their rows dropped, "
+            f"first: {first_files(names)}",
+            stacklevel=3,
+        )
+    warn_truncated(where, [os.path.relpath(f, root) for f in decoded.truncated], stacklevel=3)
+
+
 def check_image(file: str | Path) -> None:
     """Decode ``file`` fully at a tiny size (raises on an undecodable file)."""
     decode_image(file, 8)

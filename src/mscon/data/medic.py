@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 
 from mscon.data.dataset import DataError
-from mscon.data.images import check_image, decode_files, first_files, warn_truncated
+from mscon.data.images import check_image, decode_files, first_files, warn_conversion
 from mscon.data.manifest import write_manifest
 
 SPLIT_FILES = {"train": "MEDIC_train.tsv", "val": "MEDIC_dev.tsv", "test": "MEDIC_test.tsv"}
@@ -111,14 +111,7 @@ def convert_medic(src: str | Path, out: str | Path) -> Path:
             f"{first_files(missing)}",
             stacklevel=2,
         )
-    if bad:
-        names = [os.path.relpath(f, root) for f, _ in decoded.bad]
-        warnings.warn(
-            f"{where}: {len(names)} file(s) are not decodable images; their rows dropped, "
-            f"first: {first_files(names)}",
-            stacklevel=2,
-        )
-    warn_truncated(where, [os.path.relpath(f, root) for f in decoded.truncated])
+    warn_conversion(where, decoded, root)
     for column in DERIVED:
         if not any(labels[column]):
             del labels[column]  # paths without a <source>/<event> level

@@ -68,7 +68,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from mscon.data.dataset import DataError
-from mscon.data.images import check_image, decode_files, first_files, warn_truncated
+from mscon.data.images import check_image, decode_files, first_files, warn_conversion
 from mscon.data.manifest import write_manifest
 
 IMAGE_DIRS = ("ut-zap50k-images-square", "ut-zap50k-images")
@@ -152,14 +152,7 @@ def convert_zappos50k(
             f"{first_files(unmatched)}",
             stacklevel=2,
         )
-    if bad:
-        names = [os.path.relpath(f, image_dir) for f, _ in decoded.bad]
-        warnings.warn(
-            f"{where}: {len(names)} file(s) are not decodable images; their rows dropped, "
-            f"first: {first_files(names)}",
-            stacklevel=2,
-        )
-    warn_truncated(where, [os.path.relpath(f, image_dir) for f in decoded.truncated])
+    warn_conversion(where, decoded, image_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, paths, labels)
     return out
