@@ -36,3 +36,28 @@ def tiny_config(tmp_path):
         return load_config("demo", tiny_overrides(out or tmp_path / "run", method, **extra))
 
     return make
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-off stalls on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def view_recipes_seen(monkeypatch):
+    """A list that collects the recipe kinds of every ``make_views`` call of the loop."""
+    import mscon.train
+
+    seen: list[list[str]] = []
+    real = mscon.train.make_views
+
+    def spy(images, augments, generator):
+        seen.append([a.kind for a in augments])
+        return real(images, augments, generator)
+
+    monkeypatch.setattr(mscon.train, "make_views", spy)
+    return seen

@@ -18,14 +18,7 @@ from mscon.evaluate import (
     linear_regression,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def blobs(n: int, dim: int = 16, classes: int = 4, spread: float = 6.0, seed: int = 0):

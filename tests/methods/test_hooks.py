@@ -6,7 +6,6 @@ from typing import Literal
 import pytest
 import torch
 
-import mscon.train
 from mscon.config import MethodConfig
 from mscon.methods import METHODS, register_method
 from mscon.methods.simclr import SimCLR
@@ -62,15 +61,8 @@ def test_registration_checks_the_config_name():
         register_method("other")(Wrong)
 
 
-def test_view_recipes_and_after_step_reach_the_loop(registered, tiny_config, monkeypatch):
-    seen = []
-    real = mscon.train.make_views
-
-    def spy(images, augments, generator):
-        seen.append([a.kind for a in augments])
-        return real(images, augments, generator)
-
-    monkeypatch.setattr(mscon.train, "make_views", spy)
+def test_view_recipes_and_after_step_reach_the_loop(registered, tiny_config, view_recipes_seen):
+    seen = view_recipes_seen
     run = train(tiny_config("test_teacher", **{"method.momentum": 0.9}))
     assert seen and all(kinds == ["weak", "none"] for kinds in seen)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import mscon.train
 from mscon.config import ConfigError, load_config
 from mscon.methods import SCE, MoCo, build_method
 from mscon.models.backbones import build_backbone
@@ -73,15 +72,8 @@ def test_cosine_schedule_reaches_one(tiny_config):
     assert method.log_values()["momentum"] == pytest.approx(1.0)
 
 
-def test_views_per_role(tiny_config, monkeypatch):
-    seen = []
-    real = mscon.train.make_views
-
-    def spy(images, augments, generator):
-        seen.append([a.kind for a in augments])
-        return real(images, augments, generator)
-
-    monkeypatch.setattr(mscon.train, "make_views", spy)
+def test_views_per_role(tiny_config, view_recipes_seen):
+    seen = view_recipes_seen
     train(tiny_config("sce", **{"method.queue_size": 32, "train.epochs": 1}))
     assert seen[0] == ["weak", "strong"]
     seen.clear()

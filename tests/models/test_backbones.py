@@ -13,13 +13,7 @@ from mscon.models.backbones import SmallCNN
 DIMS = {"resnet18": 512, "resnet50": 2048, "resnet18_small": 512, "resnet50_small": 2048}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name", sorted(DIMS) + ["cnn_small"])

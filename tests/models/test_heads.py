@@ -8,14 +8,7 @@ from torch import nn
 
 from mscon.models import LinearHeads, MultiHead, ProjectionHead
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_projection_head_is_supcon_mlp() -> None:
