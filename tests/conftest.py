@@ -55,9 +55,9 @@ def view_recipes_seen(monkeypatch):
     seen: list[list[str]] = []
     real = mscon.train.make_views
 
-    def spy(images, augments, generator):
+    def spy(images, augments, generator, **shard):
         seen.append([a.kind for a in augments])
-        return real(images, augments, generator)
+        return real(images, augments, generator, **shard)
 
     monkeypatch.setattr(mscon.train, "make_views", spy)
     return seen
