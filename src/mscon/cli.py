@@ -75,12 +75,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    """Train one config; under torchrun on every rank, then evaluate on rank 0 alone."""
+    from mscon import distributed
     from mscon.config import load_config
     from mscon.evaluate import evaluate_run, format_results
     from mscon.train import train
 
     config = load_config(args.config, args.overrides)
-    run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
+    with distributed.process_group_from_env(config.train.torch_device().type):
+        run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
+        main = distributed.is_main_process()
+    if not main:  # the other ranks are done; rank 0 evaluates without a process group
+        return
     print(f"trained: {run_dir}")
     if not args.no_eval:
         print(format_results({config.name: evaluate_run(run_dir)}))

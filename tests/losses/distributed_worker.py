@@ -9,7 +9,8 @@ writes TMPDIR/rank{RANK}.pt with, for this rank's shard (gather_distributed=True
 * ``ddp``: for every case of :data:`DDP_CASES`, a linear encoder and the loss in one
   module wrapped in DistributedDataParallel: the returned value, every parameter's
   gradient after DDP's averaging (log_vars included), the parameters after one SGD
-  step with momentum, and the loss's ``last_losses``.
+  step with momentum, and the loss's ``last_losses``;
+* ``helpers``: what :mod:`mscon.distributed`'s rank helpers return (:func:`rank_helpers`).
 
 test_distributed.py imports :func:`ddp_step` and :func:`embedding_cases` to compute
 the same things in one process on the whole batch (no process group: the losses'
@@ -275,6 +276,33 @@ def embedding_cases(data: dict, rows: slice) -> dict[str, dict[str, Tensor]]:
     return results
 
 
+def rank_helpers() -> dict:
+    """What mscon.distributed's rank helpers return on this rank (tests/test_distributed.py)."""
+    from mscon import distributed
+    from mscon.errors import RunError
+
+    rows = distributed.shard_rows(7)
+    calls: list[int] = []
+
+    def fail() -> None:
+        raise RunError(f"run: refused on rank {distributed.rank()}")
+
+    try:
+        distributed.run_on_main(fail)
+        error = ""
+    except RunError as e:
+        error = str(e)
+    return {
+        "shard": (rows.start, rows.stop),
+        "offset": distributed.row_offset(rows.stop - rows.start),
+        "mean": float(distributed.mean_over_ranks(torch.tensor(float(distributed.rank())))),
+        "on_main": distributed.run_on_main(lambda: calls.append(1) or distributed.rank()),
+        "calls": len(calls),
+        "error": error,
+        "main": distributed.is_main_process(),
+    }
+
+
 def main(rank: int, world: int, tmp: Path) -> None:
     import torch.distributed as dist
 
@@ -291,6 +319,7 @@ def main(rank: int, world: int, tmp: Path) -> None:
         results = {
             "embedding": embedding_cases(data, rows),
             "ddp": {name: ddp_step(name, data, rows) for name in DDP_CASES},
+            "helpers": rank_helpers(),
         }
         torch.save(results, tmp / f"rank{rank}.pt")
     finally:

@@ -15,29 +15,22 @@ none; float64. Each rank returns its share times the world size, so:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
 
-from losses.distributed_worker import DDP_CASES, ddp_step, embedding_cases, make_inputs
-from losses.helpers import run_ranks
+from losses.distributed_worker import DDP_CASES, ddp_step, embedding_cases
 from mscon.losses import MSConFMICLLoss
 from mscon.losses.weighting import WEIGHTING_MODES
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
 WORLD = 2
 TOL = {"rtol": 1e-9, "atol": 1e-12}
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> tuple[dict, list[dict]]:
-    """(inputs, what each of the 2 gloo ranks computed): one launch for every test here."""
-    tmp = tmp_path_factory.mktemp("gloo")
-    data = make_inputs(torch.Generator().manual_seed(1234))
-    torch.save(data, tmp / "inputs.pt")
-    return data, run_ranks(WORKER, tmp, WORLD, timeout=240)
+@pytest.fixture
+def ranks(gloo_ranks) -> tuple[dict, list[dict]]:
+    """(inputs, what each of the 2 gloo ranks computed): one launch for the session."""
+    return gloo_ranks
 
 
 def test_every_loss_and_weighting_mode_is_covered():
