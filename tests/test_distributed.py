@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
+from losses.distributed_worker import METHOD_CASES, method_steps
 from mscon import distributed, runs
 from mscon.config import load_config
 from mscon.evaluate import evaluate_run
@@ -139,3 +140,23 @@ def test_torchrun_matches_one_process_and_resumes(tmp_path):
     for a, b in zip(late, want[STEPS // 2 :], strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(b["loss"]), a["step"]
     _assert_same_model(resumed, single)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CASES))
+def test_every_method_trains_on_two_ranks_as_on_one(gloo_ranks, name):
+    """Two DDP steps of each method (float64, uneven shards) equal one process's steps:
+    the losses (mean over ranks), every parameter and buffer (SCE/MoCo: teacher, queue)."""
+    data, ranks = gloo_ranks
+    want = method_steps(name, data, slice(None))
+    for r in ranks:
+        got = r["methods"][name]
+        mean = [
+            sum(x[i] for x in (q["methods"][name]["values"] for q in ranks)) / 2 for i in (0, 1)
+        ]
+        torch.testing.assert_close(
+            torch.stack(mean), torch.stack(want["values"]), rtol=1e-9, atol=1e-12
+        )
+        assert list(got["state"]) == list(want["state"])
+        for key, value in want["state"].items():
+            torch.testing.assert_close(got["state"][key], value, rtol=1e-9, atol=1e-12, msg=key)
+    assert not torch.equal(want["values"][0], want["values"][1])

@@ -10,7 +10,8 @@ writes TMPDIR/rank{RANK}.pt with, for this rank's shard (gather_distributed=True
   module wrapped in DistributedDataParallel: the returned value, every parameter's
   gradient after DDP's averaging (log_vars included), the parameters after one SGD
   step with momentum, and the loss's ``last_losses``;
-* ``helpers``: what :mod:`mscon.distributed`'s rank helpers return (:func:`rank_helpers`).
+* ``helpers``: what :mod:`mscon.distributed`'s rank helpers return (:func:`rank_helpers`);
+* ``methods``: two optimiser steps of every training method (:func:`method_steps`).
 
 test_distributed.py imports :func:`ddp_step` and :func:`embedding_cases` to compute
 the same things in one process on the whole batch (no process group: the losses'
@@ -97,6 +98,7 @@ def make_inputs(gen: torch.Generator) -> dict:
         "index": torch.tensor([0, 3, 1, 2, 4, 5, 9, 6]),
         "queue": torch.randn(6, DIM, generator=gen, dtype=f64),
         "queue_index": torch.tensor([3, -1, 9, 5, 0, 11]),
+        "views": torch.randn(b, v, 3, 8, 8, generator=gen, dtype=f64),  # method checks
     }
 
 
@@ -276,6 +278,52 @@ def embedding_cases(data: dict, rows: slice) -> dict[str, dict[str, Tensor]]:
     return results
 
 
+METHOD_CASES = {  # name -> overrides of the demo config
+    "simclr": {"method.name": "simclr"},
+    "supcon": {"method.name": "supcon"},
+    "mscon": {"method.name": "mscon"},
+    "mscon_instance": {"method.name": "mscon", "method.instance_similarity": True},
+    "mscon_fmicl": {"method.name": "mscon", "method.base_loss": "fmicl"},
+    "multitask_ce": {"method.name": "multitask_ce"},
+    "fmicl": {"method.name": "fmicl"},
+    "moco": {"method.name": "moco", "method.queue_size": 16, "method.bn_splits": 2},
+    "sce": {"method.name": "sce", "method.queue_size": 16, "method.symmetric": True},
+}
+
+
+def method_steps(name: str, data: dict, rows: slice) -> dict:
+    """Two optimiser steps of a training method (cnn_small_gn, float64) on ``data[rows]``.
+
+    The method is built from the demo config as ``mscon train`` builds it and, inside a
+    process group, wrapped by :func:`mscon.distributed.wrap_model`; ``after_step``
+    runs between the steps (SCE/MoCo: the teacher moves, the queue takes the keys of
+    every rank, which the second step contrasts with).
+    """
+    from mscon import distributed
+    from mscon.config import load_config
+    from mscon.train import build_model
+
+    sets = {"model.backbone": "cnn_small_gn", "data.image_size": 8, "train.batch_size": 8}
+    sets.update(METHOD_CASES[name])
+    config = load_config("demo", [f"{k}={v}" for k, v in sets.items()])
+    torch.manual_seed(0)
+    method = build_model(config, NUM_CLASSES).double()
+    model = distributed.wrap_model(method, torch.device("cpu"))
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9)
+    out: dict = {"values": []}
+    for step in (1, 2):
+        views = data["views"][rows] * step  # a different batch at step 2
+        loss = model(views, data["ce_sims"][rows], data["index"][rows])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            method.after_step(step, 10)
+        out["values"].append(loss.detach())
+    out["state"] = {k: v.clone() for k, v in method.state_dict().items()}
+    return out
+
+
 def rank_helpers() -> dict:
     """What mscon.distributed's rank helpers return on this rank (tests/test_distributed.py)."""
     from mscon import distributed
@@ -320,6 +368,7 @@ def main(rank: int, world: int, tmp: Path) -> None:
             "embedding": embedding_cases(data, rows),
             "ddp": {name: ddp_step(name, data, rows) for name in DDP_CASES},
             "helpers": rank_helpers(),
+            "methods": {name: method_steps(name, data, rows) for name in METHOD_CASES},
         }
         torch.save(results, tmp / f"rank{rank}.pt")
     finally:
