@@ -79,6 +79,32 @@ def test_sync_batch_norm_is_refused_on_cpu(tmp_path):
             load_config("demo", auto)
 
 
+def test_sync_batch_norm_is_refused_for_momentum_teachers(tmp_path):
+    from mscon.errors import ConfigError
+
+    for method in ("moco", "sce"):
+        overrides = tiny_overrides(tmp_path, method, **{"model.sync_batch_norm": "true"})
+        with pytest.raises(ConfigError, match="model.sync_batch_norm: .*shuffling"):
+            load_config("demo", overrides)
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused(tmp_path, monkeypatch):
+    from mscon.errors import ConfigError
+    from mscon.train import train
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 32)  # checked before any collective
+    with pytest.raises(ConfigError, match="train.batch_size: 16 images cannot be shared by 32"):
+        train(load_config("demo", tiny_overrides(tmp_path)))
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, capsys):
+    from mscon.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "runs/none"]) == 2
+    assert "only `mscon train` runs on several processes" in capsys.readouterr().err
+
+
 def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
     overrides = tiny_overrides(out, "mscon", **EXACT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

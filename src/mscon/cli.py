@@ -158,8 +158,16 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    from mscon import distributed
     from mscon.errors import NonFiniteLossError
 
+    if args.command != "train" and distributed.launched_world_size() > 1:
+        print(
+            f"mscon: error: only `mscon train` runs on several processes (torchrun); "
+            f"run `mscon {args.command}` as one process",
+            file=sys.stderr,
+        )
+        return 2
     try:
         COMMANDS[args.command](args)
     except NonFiniteLossError as error:
