@@ -55,9 +55,28 @@ def view_recipes_seen(monkeypatch):
     seen: list[list[str]] = []
     real = mscon.train.make_views
 
-    def spy(images, augments, generator):
+    def spy(images, augments, generator, **shard):
         seen.append([a.kind for a in augments])
-        return real(images, augments, generator)
+        return real(images, augments, generator, **shard)
 
     monkeypatch.setattr(mscon.train, "make_views", spy)
     return seen
+
+
+@pytest.fixture(scope="session")
+def gloo_ranks(tmp_path_factory):
+    """(inputs, per-rank results) of tests/losses/distributed_worker.py on 2 gloo processes.
+
+    One launch (about 10 s) shared by the distributed tests of the losses and of
+    mscon.distributed.
+    """
+    from pathlib import Path
+
+    from losses.distributed_worker import make_inputs
+    from losses.helpers import run_ranks
+
+    tmp = tmp_path_factory.mktemp("gloo")
+    data = make_inputs(torch.Generator().manual_seed(1234))
+    torch.save(data, tmp / "inputs.pt")
+    worker = Path(__file__).parent / "losses" / "distributed_worker.py"
+    return data, run_ranks(worker, tmp, 2, timeout=240)

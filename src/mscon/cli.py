@@ -75,12 +75,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    """Train one config; under torchrun on every rank, then evaluate on rank 0 alone."""
+    from mscon import distributed
     from mscon.config import load_config
     from mscon.evaluate import evaluate_run, format_results
     from mscon.train import train
 
     config = load_config(args.config, args.overrides)
-    run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
+    with distributed.process_group_from_env(config.train.torch_device().type):
+        run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
+        main = distributed.is_main_process()
+    if not main:  # the other ranks are done; rank 0 evaluates without a process group
+        return
     print(f"trained: {run_dir}")
     if not args.no_eval:
         print(format_results({config.name: evaluate_run(run_dir)}))
@@ -152,8 +158,16 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    from mscon import distributed
     from mscon.errors import NonFiniteLossError
 
+    if args.command != "train" and distributed.launched_world_size() > 1:
+        print(
+            f"mscon: error: only `mscon train` runs on several processes (torchrun); "
+            f"run `mscon {args.command}` as one process",
+            file=sys.stderr,
+        )
+        return 2
     try:
         COMMANDS[args.command](args)
     except NonFiniteLossError as error:

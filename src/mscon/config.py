@@ -106,6 +106,7 @@ class ModelConfig(_Section):
     projection_dim: int = Field(128, ge=1)
     hidden_dim: int | None = Field(None, ge=1)
     head_batch_norm: bool = False
+    sync_batch_norm: bool = False  # SyncBatchNorm under torchrun (CUDA only; docs/distributed.md)
 
     @field_validator("backbone")
     @classmethod
@@ -471,7 +472,24 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         _drop_unread_method_keys(tree, file_keys, source)
     if overrides:
         source += " with --set " + " ".join(overrides)
-    return config_from_dict(tree, source)
+    config = config_from_dict(tree, source)
+    _check_device_options(config, source)
+    return config
+
+
+def _check_device_options(config: Config, source: str) -> None:
+    """Refuse options this machine's training device cannot run (before anything is read).
+
+    Checked when a config is loaded to train, not when a finished run's config is
+    read back (a run trained on CUDA is evaluated anywhere).
+    """
+    device = config.train.torch_device()
+    if config.model.sync_batch_norm and device.type != "cuda":
+        raise ConfigError(
+            f"{source}: model.sync_batch_norm: SyncBatchNorm needs CUDA, and train.device "
+            f"{config.train.device!r} is {device.type} here; leave it false (each process "
+            "then normalises with its own shard's statistics) or use model.backbone cnn_small_gn"
+        )
 
 
 def config_to_yaml(config: Config) -> str:

@@ -5,6 +5,13 @@ or ``(seed, step)`` (the augmentations), so a run resumed from a checkpoint
 replays exactly the batches and views an uninterrupted run would have seen and
 ends with the same weights.
 
+Under torchrun (a process group created by the caller, see
+:func:`mscon.distributed.process_group_from_env`) every rank draws the same global
+batch and the same augmentation parameters, keeps its shard of the batch
+(:func:`mscon.distributed.shard_rows`) and trains the model wrapped in
+DistributedDataParallel; the losses gather across ranks, the logged loss is the
+mean over ranks (the whole batch's loss), and rank 0 alone writes the run folder.
+
 Example (a tiny run on the embedded data):
     >>> from mscon.config import load_config
     >>> import tempfile
@@ -27,7 +34,7 @@ from typing import Any
 
 import torch
 
-from mscon import runs
+from mscon import distributed, runs
 from mscon.config import Config, config_to_yaml
 from mscon.data import load_experiment_data
 from mscon.data.augment import ViewAugment, make_views
@@ -69,18 +76,19 @@ def build_optimizer(config: Config, method: Method) -> torch.optim.Optimizer:
 
 @dataclass
 class _Logger:
-    """metrics.jsonl, TensorBoard and the progress bar."""
+    """metrics.jsonl, TensorBoard and the progress bar (``writes``: rank 0 only)."""
 
     run_dir: Path
     config: Config
     total_steps: int
     start_step: int
+    writes: bool = True
 
     def __post_init__(self) -> None:
         from tqdm.auto import tqdm
 
         self.writer = None
-        if self.config.train.tensorboard:
+        if self.config.train.tensorboard and self.writes:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(
@@ -90,11 +98,13 @@ class _Logger:
             total=self.total_steps,
             initial=self.start_step,
             desc=f"{self.config.name} [{self.config.method.name}]",
-            disable=not self.config.train.progress,
+            disable=not (self.config.train.progress and self.writes),
             dynamic_ncols=True,
         )
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         runs.append_metrics(self.run_dir, record)
         if self.writer is not None:
             step = record["step"]
@@ -168,8 +178,8 @@ def train(
         ConfigError, DataError, RunError: bad input (exit status 2).
         NonFiniteLossError: the loss became NaN or infinite (exit status 3).
     """
-    run_dir = _check_run_dir(config, resume, overwrite)
-    device = config.train.torch_device()
+    run_dir = distributed.run_on_main(_check_run_dir, config, resume, overwrite)
+    device = distributed.local_device(config.train.torch_device())
     data = load_experiment_data(config.data, config.seed).select("train")
     columns = list(config.data.similarities)
     labels = data.label_matrix(columns)
@@ -180,11 +190,14 @@ def train(
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is larger than the train split ({len(data)} images)"
         )
+    if t.batch_size < distributed.world_size():
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} images cannot be shared by "
+            f"{distributed.world_size()} processes (it is the global batch)"
+        )
     total_steps = t.epochs * steps_per_epoch
     if not resume:
-        if overwrite and run_dir.is_dir():
-            runs.clear_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.run_on_main(_start_run_dir, run_dir, overwrite)
 
     torch.manual_seed(config.seed)
     method = build_model(config, num_classes).to(device)
@@ -205,18 +218,17 @@ def train(
     amp_dtype = _amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step = 0
-    if resume:
-        state = runs.load_checkpoint(runs.checkpoint_path(run_dir), map_location=device)
+    if resume:  # rank 0 reads the checkpoint, every rank receives it
+        state = distributed.run_on_main(_read_checkpoint, run_dir)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         step = state["step"]
-        runs.truncate_metrics(run_dir, step)
     else:
-        runs.save_run_config(config, run_dir)
-        runs.write_classes(run_dir, data.classes)
+        distributed.run_on_main(_write_run_files, config, run_dir, data.classes)
+    model = distributed.wrap_model(method, device, config.model.sync_batch_norm)
 
     augments = [
         ViewAugment(config.data.image_size, kind, **config.augment.overrides)
@@ -224,6 +236,8 @@ def train(
     ]
 
     def checkpoint(name: str = "last") -> None:
+        if not distributed.is_main_process():
+            return
         state = {
             "model": method.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -237,7 +251,7 @@ def train(
         }
         runs.save_checkpoint(run_dir, state, name)
 
-    logger = _Logger(run_dir, config, total_steps, step)
+    logger = _Logger(run_dir, config, total_steps, step, writes=distributed.is_main_process())
     method.train()
     window_start, window_images = time.perf_counter(), 0
     order, order_epoch = torch.empty(0, dtype=torch.long), -1
@@ -249,18 +263,21 @@ def train(
                 order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
                 order_epoch = epoch
             index = order[position * t.batch_size : (position + 1) * t.batch_size]
+            rows = distributed.shard_rows(len(index))  # this rank's images of the global batch
+            mine = index[rows]
             generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + step)
-            images = data.images[index].to(device, non_blocking=True)
-            views = make_views(images, augments, generator)
+            images = data.images[mine].to(device, non_blocking=True)
+            views = make_views(images, augments, generator, offset=rows.start, total=len(index))
             if device.type == "cuda":
                 views = views.contiguous(memory_format=torch.channels_last)
-            batch_labels = labels[index].to(device)
+            batch_labels = labels[mine].to(device)
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
             with autocast:
-                loss = method(views, batch_labels, index.to(device))["loss"]
-            if not torch.isfinite(loss):
+                loss = model(views, batch_labels, mine.to(device))["loss"]
+            batch_loss = distributed.mean_over_ranks(loss)  # the loss of the whole batch
+            if not torch.isfinite(batch_loss):
                 raise NonFiniteLossError(
-                    f"{run_dir}: non-finite loss {loss.item()} at step {step}; "
+                    f"{run_dir}: non-finite loss {batch_loss.item()} at step {step}; "
                     "lower train.lr or method.temperature"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -279,7 +296,7 @@ def train(
                 record = {
                     "step": step,
                     "epoch": step / steps_per_epoch,
-                    "loss": loss.item(),
+                    "loss": batch_loss.item(),
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_images / max(elapsed, 1e-9),
                     **method.log_values(),
@@ -296,6 +313,26 @@ def train(
     finally:
         logger.close()
     return run_dir
+
+
+def _start_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder (emptied first with ``overwrite``)."""
+    if overwrite and run_dir.is_dir():
+        runs.clear_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_run_files(config: Config, run_dir: Path, classes: dict[str, list[str]]) -> None:
+    """config.yaml and classes.json of a new run."""
+    runs.save_run_config(config, run_dir)
+    runs.write_classes(run_dir, classes)
+
+
+def _read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The last checkpoint (on CPU), with metrics.jsonl cut back to its step."""
+    state = runs.load_checkpoint(runs.checkpoint_path(run_dir), map_location="cpu")
+    runs.truncate_metrics(run_dir, state["step"])
+    return state
 
 
 def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

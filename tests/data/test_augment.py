@@ -46,6 +46,25 @@ def test_views_reproducible_from_seed():
     assert not torch.equal(a[:, 0], a[:, 2])  # views of one image differ
 
 
+@pytest.mark.parametrize("kinds", [["simclr", "simclr"], ["weak", "strong"], ["none"]])
+def test_shards_keep_their_rows_of_the_global_batch(kinds):
+    """Under torchrun each rank augments its slice with the global batch's parameters."""
+    images = _images(7)
+    augments = [ViewAugment(16, kind) for kind in kinds]
+    whole = make_views(images, augments, torch.Generator().manual_seed(3))
+    for start, stop in ((0, 4), (4, 7), (2, 3)):
+        part = make_views(
+            images[start:stop],
+            augments,
+            torch.Generator().manual_seed(3),
+            offset=start,
+            total=7,
+        )
+        torch.testing.assert_close(part, whole[start:stop], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="not in a batch of 7"):
+        make_views(images[:4], augments, torch.Generator(), offset=5, total=7)
+
+
 def test_parameters_are_per_sample():
     same = _images(1).expand(8, 3, 16, 16)
     out = ViewAugment(16, "simclr")(same, torch.Generator().manual_seed(0))

@@ -16,7 +16,7 @@ DIMS = {"resnet18": 512, "resnet50": 2048, "resnet18_small": 512, "resnet50_smal
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("name", sorted(DIMS) + ["cnn_small"])
+@pytest.mark.parametrize("name", sorted(DIMS) + ["cnn_small", "cnn_small_gn"])
 def test_backbone_maps_images_to_features(name: str) -> None:
     torch.manual_seed(0)
     encoder, dim = build_backbone(name)
@@ -48,6 +48,22 @@ def test_cnn_small_trains_and_has_four_conv_blocks() -> None:
     out = encoder(torch.randn(4, 3, 16, 16))
     out.sum().backward()
     assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_cnn_small_gn_has_no_batch_statistics() -> None:
+    """GroupNorm: an image's features do not depend on its batch (exact K-process runs)."""
+    torch.manual_seed(0)
+    encoder, dim = build_backbone("cnn_small_gn")
+    norms = [m for m in encoder.modules() if isinstance(m, nn.GroupNorm)]
+    assert [(n.num_groups, n.num_channels) for n in norms] == [(8, 32), (8, 64), (8, 128), (8, 256)]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+    assert dim == 256 and not encoder.state_dict().keys() & {"features.0.1.running_mean"}
+    images = torch.randn(6, 3, 16, 16)
+    whole = encoder.train()(images)
+    torch.testing.assert_close(encoder(images[:2]), whole[:2], rtol=1e-5, atol=1e-6)
+    batch_norm, _ = build_backbone("cnn_small")
+    with torch.no_grad():
+        assert not torch.allclose(batch_norm.train()(images[:2]), batch_norm(images)[:2])
 
 
 def test_unknown_name_lists_available() -> None:

@@ -274,13 +274,24 @@ def overrides_of(augment: ViewAugment) -> dict[str, Any]:
 
 
 def make_views(
-    images: torch.Tensor, augments: Sequence[ViewAugment], generator: torch.Generator
+    images: torch.Tensor,
+    augments: Sequence[ViewAugment],
+    generator: torch.Generator,
+    *,
+    offset: int = 0,
+    total: int | None = None,
 ) -> torch.Tensor:
     """V augmented views of each image: uint8 (B, 3, H, W) -> float32 (B, V, 3, S, S).
 
     View v is ``augments[v]`` applied to the whole batch; the augments draw
     their parameters from ``generator`` in order, so the same seed gives the
     same views (on the same device).
+
+    ``images`` may be a shard of a larger batch (one rank's slice under
+    torchrun): rows ``offset`` to ``offset + B`` of a batch of ``total`` images.
+    The parameters are then drawn for all ``total`` images, in the same order,
+    and the shard keeps its rows' parameters, so an image's views do not depend
+    on how the batch is split between processes.
     """
     if not augments:
         raise ValueError("augments: expected at least one ViewAugment, got none")
@@ -288,10 +299,18 @@ def make_views(
     if len(sizes) != 1:
         raise ValueError(f"augments: all views need one image_size, got {sorted(sizes)}")
     x = _unit(images)
+    b = x.shape[0]
+    total = b if total is None else total
+    if offset < 0 or offset + b > total:
+        raise ValueError(
+            f"offset, total: rows {offset}..{offset + b} are not in a batch of {total}"
+        )
     size = sizes.pop()
-    out = torch.empty(x.shape[0], len(augments), 3, size, size, device=x.device)
+    out = torch.empty(b, len(augments), 3, size, size, device=x.device)
     for v, augment in enumerate(augments):
-        augment.apply(x, augment.sample(x.shape[0], generator, x.device), out[:, v])
+        params = augment.sample(total, generator, x.device)
+        mine = {key: value[offset : offset + b] for key, value in params.items()}
+        augment.apply(x, mine, out[:, v])
     return out
 
 

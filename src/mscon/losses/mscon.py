@@ -182,9 +182,10 @@ class MSConLoss(WeightedTaskLoss):
                 floors = torch.stack(
                     [self._floor(labels[:, i], z.shape[1]) for i, z in enumerate(heads)]
                 ).to(losses.dtype)
-            candidates = heads[0].shape[0] * heads[0].shape[1]  # B * V views
+            images = heads[0].shape[0]
             if self.gather_distributed and distributed.is_distributed():
-                candidates *= distributed.world_size()
+                images = sum(distributed.gather_sizes(images, labels.device))  # ranks may differ
+            candidates = images * heads[0].shape[1]  # N = B * V views of the whole batch
             chance = torch.full_like(losses, math.log(max(candidates - 1, 1)))
         return self.combine(losses, counts, floors, chance)
 

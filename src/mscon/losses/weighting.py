@@ -98,9 +98,22 @@ class WeightingMode:
         return torch.zeros_like(w.log_vars)
 
     def combine(
-        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+        self,
+        w: TaskWeighting,
+        losses: Tensor,
+        valid: Tensor,
+        floors: Tensor,
+        chance: Tensor,
+        overall: Tensor,
     ) -> Tensor:
-        """Total loss: sum over valid tasks of ``task_weight * L_c + regularizer``."""
+        """Total loss: sum over valid tasks of ``task_weight * L_c + regularizer``.
+
+        ``losses`` carry the gradient (this rank's share times the world size under
+        ``gather_distributed``); ``overall`` (C,) are the detached losses of the whole
+        batch (their mean over ranks). A mode whose total is not linear in ``losses``
+        (a clamp, a ratio) must compute that part from ``overall``, or ranks holding
+        different shares would disagree with one process.
+        """
         per_task = self.task_weights(w).to(losses.dtype) * losses + self.regularizer(w).to(
             losses.dtype
         )
@@ -174,11 +187,19 @@ class NormalizedWeighting(WeightingMode):
         return w.num_tasks * torch.softmax(-w.log_vars, dim=0)
 
     def combine(
-        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+        self,
+        w: TaskWeighting,
+        losses: Tensor,
+        valid: Tensor,
+        floors: Tensor,
+        chance: Tensor,
+        overall: Tensor,
     ) -> Tensor:
         s = w.log_vars.to(losses.dtype)
         encoder = self.task_weights(w).detach().to(losses.dtype) * losses
-        signal, learns = self.signal(losses.detach(), valid, floors, chance)
+        # s_c learns on the whole batch's losses: the same on every rank, so that DDP's
+        # average of the s gradients is the single-process gradient
+        signal, learns = self.signal(overall.to(losses.dtype), valid, floors, chance)
         weights = torch.exp(-s) * signal + 0.5 * s
         return (valid.to(losses.dtype) * encoder).sum() + (learns.to(losses.dtype) * weights).sum()
 
@@ -197,10 +218,16 @@ class ExcessWeighting(UncertaintyWeighting):
     needs_floors = True
 
     def combine(
-        self, w: TaskWeighting, losses: Tensor, valid: Tensor, floors: Tensor, chance: Tensor
+        self,
+        w: TaskWeighting,
+        losses: Tensor,
+        valid: Tensor,
+        floors: Tensor,
+        chance: Tensor,
+        overall: Tensor,
     ) -> Tensor:
         excess = losses - floors.to(losses.dtype)
-        return super().combine(w, excess, valid, floors, chance)
+        return super().combine(w, excess, valid, floors, chance, overall)
 
 
 @register_weighting_mode
@@ -336,13 +363,16 @@ class TaskWeighting(nn.Module):
         valid: Tensor,
         floors: Tensor | None = None,
         chance: Tensor | None = None,
+        overall: Tensor | None = None,
     ) -> Tensor:
         """Total loss from per-task ``losses`` (C,), ``valid`` (C,) bool, ``floors`` (C,).
 
         ``floors`` (the per-task lower bounds H_c, zeros when None) and ``chance``
         (C,) (each task's loss at a uniform prediction, e.g. log(N - 1) for a
         contrastive loss over N - 1 candidates; infinite when None) only matter
-        for modes with ``needs_floors``.
+        for modes with ``needs_floors``. ``overall`` (C,) are the detached per-task
+        losses of the whole batch over all ranks (``losses.detach()`` when None, right in
+        one process); modes that are not linear in ``losses`` read them from there.
         """
         if tuple(losses.shape) != (self.num_tasks,) or tuple(valid.shape) != (self.num_tasks,):
             raise ValueError(
@@ -353,7 +383,9 @@ class TaskWeighting(nn.Module):
             floors = torch.zeros_like(losses)
         if chance is None:
             chance = torch.full_like(losses, float("inf"))
-        return self.strategy.combine(self, losses, valid.to(torch.bool), floors, chance)
+        if overall is None:
+            overall = losses.detach()
+        return self.strategy.combine(self, losses, valid.to(torch.bool), floors, chance, overall)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, mode={self.mode!r}"
@@ -421,4 +453,4 @@ class WeightedTaskLoss(nn.Module):
             detached = distributed.all_reduce_sum(detached) / distributed.world_size()
         self.last_losses = detached.to(self.last_losses.device, torch.float32)
         self.last_valid = valid.to(self.last_valid.device)
-        return self.weighting(losses, valid, floors, chance)
+        return self.weighting(losses, valid, floors, chance, overall=detached)

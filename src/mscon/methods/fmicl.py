@@ -86,7 +86,7 @@ class FMICL(Method):
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
-        self.loss_fn = FMICLLoss(**(fmicl or {}))
+        self.loss_fn = FMICLLoss(**(fmicl or {}), gather_distributed=True)
 
     @classmethod
     def from_config(

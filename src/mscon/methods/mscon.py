@@ -8,6 +8,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from mscon import distributed
 from mscon.config import Config, TaskWeightsConfig
 from mscon.losses import MSConFMICLLoss, MSConLoss
 from mscon.methods.base import (
@@ -112,7 +113,9 @@ class MSCon(Method):
         self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
         self.loss_fn: MSConLoss | MSConFMICLLoss
         if fmicl is not None:
-            self.loss_fn = MSConFMICLLoss(heads, weighting, weights, **fmicl)
+            self.loss_fn = MSConFMICLLoss(
+                heads, weighting, weights, **fmicl, gather_distributed=True
+            )
         else:
             self.loss_fn = MSConLoss(
                 heads,
@@ -121,6 +124,7 @@ class MSCon(Method):
                 weights=weights,
                 form=form,
                 instance_mix=instance_mix,
+                gather_distributed=True,
             )
 
     @classmethod
@@ -149,8 +153,9 @@ class MSCon(Method):
         batch, num_views = views.shape[:2]
         z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
-        if self.instance_similarity:
-            instance = torch.arange(batch, device=labels.device).unsqueeze(1)
+        if self.instance_similarity:  # one class per image of the global batch
+            first = distributed.row_offset(batch, labels.device)
+            instance = torch.arange(first, first + batch, device=labels.device).unsqueeze(1)
             labels = torch.cat([labels, instance], dim=1)
         return {"loss": self.loss_fn(z, labels)}
 

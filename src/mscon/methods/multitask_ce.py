@@ -42,7 +42,9 @@ class MultiTaskCE(Method):
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.classifiers = LinearHeads(feature_dim, num_classes)
-        self.loss_fn = MultiTaskCELoss(num_classes, weighting=weighting, weights=weights)
+        self.loss_fn = MultiTaskCELoss(
+            num_classes, weighting=weighting, weights=weights, gather_distributed=True
+        )
 
     @classmethod
     def from_config(

@@ -14,6 +14,11 @@ so that a key's normalisation statistics never come from exactly the batch that
 normalised its query. The permutation is drawn from a generator seeded by the
 step count, so a resumed run replays it.
 
+Under torchrun the loss contrasts with the teacher keys of all ranks, the
+teacher's batch is shuffled across ranks (:func:`~mscon.models.momentum.shuffled_keys`)
+and every rank enqueues the keys of all ranks in rank order, so the queues stay
+identical and hold the keys one process would hold.
+
 ``symmetric: true`` adds the swapped term (student on view 0, teacher on view 1);
 the two terms are **averaged**, and only the first term's keys (the teacher's
 view-0 keys) are enqueued, so the queue fills at B keys per step either way.
@@ -35,8 +40,9 @@ from mscon.models.momentum import (
     MOMENTUM_SCHEDULES,
     EMATeacher,
     MomentumQueue,
+    gather_keys,
     predictor_head,
-    shuffled_forward,
+    shuffled_keys,
 )
 
 TEACHER_VIEW, STUDENT_VIEW = 0, 1
@@ -63,6 +69,12 @@ class MomentumConfig(MethodConfig):
             raise ValueError(
                 f"augment.views: {self.name} uses 2 views (teacher, student), "
                 f"got {config.augment.views}"
+            )
+        if config.model.sync_batch_norm:
+            raise ValueError(
+                f"model.sync_batch_norm: {self.name} keeps the teacher's BatchNorm statistics "
+                "apart from the student's by shuffling the batch (shuffle BN); SyncBatchNorm "
+                "would share them again. Leave it false"
             )
         if self.bn_splits > batch // 2:
             raise ValueError(
@@ -119,7 +131,7 @@ class SCE(Method):
         )
         self.teacher = EMATeacher(self._student_trunk())
         self.queue = MomentumQueue(queue_size, projection_dim) if queue_size else None
-        self.loss_fn = SCELoss(temperature, temperature_m, coeff)
+        self.loss_fn = SCELoss(temperature, temperature_m, coeff, gather_distributed=True)
         self.momentum = float(momentum)
         self.schedule = MOMENTUM_SCHEDULES[momentum_schedule]
         self.symmetric = bool(symmetric)
@@ -171,8 +183,7 @@ class SCE(Method):
     @torch.no_grad()
     def _keys(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        splits = min(self.bn_splits, x.shape[0] // 2) or 1
-        return shuffled_forward(self.teacher, x, splits, generator)
+        return shuffled_keys(self.teacher, x, self.bn_splits, generator)
 
     def _term(
         self,
@@ -208,7 +219,7 @@ class SCE(Method):
         self.teacher.update(self._student_trunk(), self._last_momentum)
         if self.queue is not None and self._pending is not None:
             keys, index = self._pending
-            self.queue.enqueue(keys, index)
+            self.queue.enqueue(*gather_keys(keys, index))  # every rank's keys, rank order
         self._pending = None
         self.steps.fill_(step)
 

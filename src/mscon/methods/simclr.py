@@ -45,8 +45,8 @@ class SimCLR(Method):
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
-        self.pair_loss = NTXentLoss(temperature=temperature)
-        self.multi_view_loss = SupConLoss(temperature=temperature)
+        self.pair_loss = NTXentLoss(temperature=temperature, gather_distributed=True)
+        self.multi_view_loss = SupConLoss(temperature=temperature, gather_distributed=True)
 
     @classmethod
     def from_config(

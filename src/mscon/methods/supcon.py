@@ -42,7 +42,7 @@ class SupCon(Method):
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
-        self.loss_fn = SupConLoss(temperature=temperature, form=form)
+        self.loss_fn = SupConLoss(temperature=temperature, form=form, gather_distributed=True)
 
     @classmethod
     def from_config(

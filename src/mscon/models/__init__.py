@@ -18,6 +18,7 @@ from mscon.models.momentum import (
     predictor_head,
     shuffled_forward,
     shuffled_forward_distributed,
+    shuffled_keys,
     split_forward,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "predictor_head",
     "shuffled_forward",
     "shuffled_forward_distributed",
+    "shuffled_keys",
     "split_forward",
 ]

@@ -11,6 +11,10 @@ with ``@BACKBONES.register("name")`` (:class:`mscon.registry.Registry`).
   max-pool, so a 32 px image reaches ``layer1`` at 32x32.
 * ``cnn_small``: four 3x3 convolutions (widths 32-64-128-256) with BatchNorm and ReLU,
   global average pooling (D = 256); a fast encoder for CPU demos and tests.
+* ``cnn_small_gn``: ``cnn_small`` with GroupNorm (8 groups) in place of BatchNorm. It
+  has no batch statistics, so an image's features do not depend on the other images
+  of its batch: a run on K processes (each a shard of the batch) trains exactly as
+  one process on the whole batch, which no BatchNorm encoder does (docs/distributed.md).
 
 Weights are never downloaded. ``weights`` names a local file holding a torchvision
 ``state_dict`` (or a checkpoint dict with a ``"state_dict"`` or ``"model"`` entry); it
@@ -53,19 +57,31 @@ def _resnet(depth: int, small: bool) -> tuple[nn.Module, int]:
     return net, dim
 
 
-def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+Norm = Callable[[int], nn.Module]  # channels -> normalisation layer
+
+
+def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups (fewer when ``channels`` is not divisible)."""
+    while channels % groups:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
+
+
+def _conv_block(in_channels: int, out_channels: int, stride: int, norm: Norm) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        norm(out_channels),
         nn.ReLU(inplace=True),
     )
 
 
 class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU blocks, each after the first halving the resolution, then average pool.
+    """Four conv-norm-ReLU blocks, each after the first halving the resolution, then average pool.
 
     Args:
         widths: output channels of the four blocks; the last is the feature dimension D.
+        norm: the normalisation layer of each block (BatchNorm2d; :func:`group_norm`
+            for ``cnn_small_gn``).
 
     Example:
         >>> import torch
@@ -73,12 +89,14 @@ class SmallCNN(nn.Module):
         torch.Size([2, 256])
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(
+        self, widths: tuple[int, ...] = (32, 64, 128, 256), norm: Norm = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         channels = (3, *widths)
         self.features = nn.Sequential(
             *(
-                _conv_block(channels[i], channels[i + 1], stride=1 if i == 0 else 2)
+                _conv_block(channels[i], channels[i + 1], 1 if i == 0 else 2, norm)
                 for i in range(len(widths))
             )
         )
@@ -102,6 +120,12 @@ BACKBONES: Registry[BackboneFactory] = Registry("model.backbone")
 @BACKBONES.register("cnn_small")
 def _cnn_small() -> tuple[nn.Module, int]:
     net = SmallCNN()
+    return net, net.out_dim
+
+
+@BACKBONES.register("cnn_small_gn")
+def _cnn_small_gn() -> tuple[nn.Module, int]:
+    net = SmallCNN(norm=group_norm)
     return net, net.out_dim
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "predictor_head",
     "shuffled_forward",
     "shuffled_forward_distributed",
+    "shuffled_keys",
     "split_forward",
 ]
 
@@ -391,6 +392,33 @@ def shuffled_forward_distributed(
     out = torch.empty_like(y_all)
     out[perm] = y_all
     return out[offset : offset + n]
+
+
+def shuffled_keys(
+    module: Callable[[Tensor], Tensor], x: Tensor, num_splits: int, generator: torch.Generator
+) -> Tensor:
+    """The teacher's outputs with shuffled BatchNorm, on one process or across ranks.
+
+    One process: :func:`shuffled_forward` on ``num_splits`` sub-batches (at most
+    B // 2, so each holds 2 images). In a multi-process group of K ranks:
+    :func:`shuffled_forward_distributed` (the global batch permuted across ranks),
+    each rank's slice cut into ``num_splits // K`` sub-batches (at least 1), so the
+    global batch has about ``num_splits`` BatchNorm batches either way. Without
+    BatchNorm in ``module`` both equal ``module(x)``.
+
+    Args:
+        module: the teacher; call under ``no_grad``.
+        x: (n, ...) this rank's batch.
+        num_splits: BatchNorm batches of the global batch.
+        generator: a CPU generator in the same state on every rank.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return shuffled_forward(module, x, min(num_splits, x.shape[0] // 2) or 1, generator)
+    splits = max(1, min(num_splits // world, x.shape[0] // 2))
+    return shuffled_forward_distributed(
+        lambda part: split_forward(module, part, splits), x, generator
+    )
 
 
 def predictor_head(dim: int = 256, hidden_dim: int = 4096) -> ProjectionHead:
