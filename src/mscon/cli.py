@@ -1,9 +1,10 @@
 """The ``mscon`` command (also ``python -m mscon``).
 
 Exit status: 0 on success; 2 on bad input (config, data, arguments, a run
-folder with no checkpoint) with a one-line message naming the file, key or
-column; 3 when training stopped on a non-finite loss; 1 (a traceback) only
-for bugs.
+folder with no checkpoint or in use, a full disk) with a one-line message naming
+the file, key or column: every such error is a :class:`mscon.errors.UserError`;
+3 when training stopped on a non-finite loss; 1 (a traceback) only for bugs.
+See docs/troubleshooting.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mscon.demo import DEMO_METHODS
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse reports anything else, exit status 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")
     synth = data_commands.add_parser("synth", help="write the embedded dataset as a manifest")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--size", type=int, default=6000)
+    synth.add_argument("--size", type=_positive_int, default=6000)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--image-size", type=int, default=32)
+    synth.add_argument("--image-size", type=_positive_int, default=32)
     for name, source in (("zappos50k", "UT-Zappos50K"), ("medic", "MEDIC")):
         converter = data_commands.add_parser(name, help=f"convert the {source} release")
         converter.add_argument("src", help=f"the unpacked {source} folder")
@@ -98,14 +107,18 @@ def _embed(args: argparse.Namespace) -> None:
 
     from mscon.api import embed
     from mscon.data import load_dataset
+    from mscon.errors import UserError
     from mscon.runs import load_run_config
 
     size = load_run_config(args.run_dir).data.image_size
     images = load_dataset(args.data, image_size=size).images
     features = embed(args.run_dir, images, checkpoint=args.checkpoint)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, features.numpy())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, features.numpy())
+    except OSError as error:
+        raise UserError(f"{out}: cannot write ({error.strerror})") from None
     print(f"wrote {out}: {tuple(features.shape)} features, rows in labels.csv order")
 
 
@@ -150,17 +163,21 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (0, 2 user error, 3 non-finite loss).
+
+    A :class:`~mscon.errors.UserError` prints one line and returns 2; any other
+    exception is a bug and propagates with its traceback (exit status 1).
+    """
     args = _parser().parse_args(argv)
-    from mscon.errors import NonFiniteLossError
+    from mscon.errors import NonFiniteLossError, UserError
 
     try:
         COMMANDS[args.command](args)
     except NonFiniteLossError as error:
         print(f"mscon: error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except UserError as error:
+        message = " ".join(str(error).split()) or type(error).__name__
         print(f"mscon: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
