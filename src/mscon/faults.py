@@ -1,18 +1,22 @@
 """Deterministic fault injection for crash tests (never set in normal use).
 
 ``MSCON_FAULT_INJECT=POINT:N[:KIND]`` makes the ``N``-th write at ``POINT``
-(counted from 1 within the process) fail after half of the file is written:
+(counted from 1 within the process) fail in a chosen way:
 
-* ``crash`` (the default): the process dies at once (``os._exit(99)``, no
-  cleanup, no ``finally``), as a power cut or SIGKILL would leave it;
-* ``enospc``: the write raises ``OSError(ENOSPC)``, as a full disk does.
-
-The only point is ``checkpoint_write`` (:func:`mscon.runs.save_checkpoint`).
+* ``checkpoint_write`` (:func:`mscon.runs.save_checkpoint`), after half of the
+  temporary file is written: ``crash`` (the default) ends the process at once
+  (``os._exit(99)``: no cleanup, no ``finally``, as a power cut leaves it);
+  ``enospc`` raises ``OSError(ENOSPC)``, as a full disk does.
+* ``metrics_append`` (:func:`mscon.runs.append_metrics`), after the record is
+  written: ``stop`` stops the process with SIGSTOP, so a test can SIGKILL it at
+  a known step between two checkpoints.
 
 Example:
     >>> import io, os
     >>> os.environ[ENV] = "checkpoint_write:2:enospc"
-    >>> handle = io.BytesIO(b"0123456789")
+    >>> handle = io.BytesIO()
+    >>> handle.write(b"0123456789")
+    10
     >>> inject("checkpoint_write", handle)  # the first write passes
     >>> try:
     ...     inject("checkpoint_write", handle)
@@ -26,15 +30,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from typing import BinaryIO
 
 from mscon.errors import ConfigError
 
-__all__ = ["CRASH_STATUS", "ENV", "POINTS", "inject", "reset"]
+__all__ = ["CRASH_STATUS", "ENV", "KINDS", "inject", "reset"]
 
 ENV = "MSCON_FAULT_INJECT"
-POINTS = ("checkpoint_write",)
-KINDS = ("crash", "enospc")
+KINDS = {"checkpoint_write": ("crash", "enospc"), "metrics_append": ("stop",)}
 CRASH_STATUS = 99
 _counts: dict[str, int] = {}
 
@@ -42,20 +46,21 @@ _counts: dict[str, int] = {}
 def _parse(value: str) -> tuple[str, int, str]:
     """``POINT:N[:KIND]`` -> (point, n, kind); ConfigError naming the variable."""
     parts = value.split(":")
-    point, count, kind = (parts + ["crash"])[:3] if len(parts) in (2, 3) else ("", "", "")
-    if point not in POINTS or not count.isdigit() or int(count) < 1 or kind not in KINDS:
-        raise ConfigError(
-            f"{ENV}={value}: expected POINT:N[:KIND] with POINT in {', '.join(POINTS)}, "
-            f"N >= 1 and KIND in {', '.join(KINDS)}"
-        )
+    point = parts[0]
+    count = parts[1] if len(parts) in (2, 3) else ""
+    kinds = KINDS.get(point, ())
+    kind = parts[2] if len(parts) == 3 else (kinds[0] if kinds else "")
+    if not count.isdigit() or int(count) < 1 or kind not in kinds:
+        choices = "; ".join(f"{p}:N[:{'|'.join(k)}]" for p, k in KINDS.items())
+        raise ConfigError(f"{ENV}={value}: expected {choices} (N >= 1)")
     return point, int(count), kind
 
 
-def inject(point: str, handle: BinaryIO) -> None:
-    """Count one write at ``point``; on the armed one, cut ``handle`` to half and fail.
+def inject(point: str, handle: BinaryIO | None = None) -> None:
+    """Count one write at ``point``; on the armed one, fail as ``MSCON_FAULT_INJECT`` says.
 
-    Called after the file's content is written to ``handle`` and before it is
-    synced and renamed into place.
+    ``handle`` (``checkpoint_write``) holds the file's whole content, not yet
+    synced or renamed; it is cut to half before the failure.
     """
     value = os.environ.get(ENV)
     if not value:
@@ -65,6 +70,9 @@ def inject(point: str, handle: BinaryIO) -> None:
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] != count:
+        return
+    if kind == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
         return
     handle.flush()
     handle.truncate(handle.tell() // 2)

@@ -183,9 +183,12 @@ def write_classes(run_dir: str | Path, classes: dict[str, list[str]]) -> None:
 # ----------------------------------------------------------------------------- metrics
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+def _append_jsonl(path: Path, record: dict[str, Any], fault_point: str | None = None) -> None:
     with _disk_full_is_a_user_error(path), open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+        handle.flush()
+    if fault_point is not None:
+        faults.inject(fault_point)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -208,7 +211,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one record to ``metrics.jsonl``."""
-    _append_jsonl(metrics_file(run_dir), record)
+    _append_jsonl(metrics_file(run_dir), record, "metrics_append")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
