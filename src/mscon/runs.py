@@ -114,8 +114,8 @@ def _disk_full_is_a_user_error(path: Path) -> Iterator[None]:
         if error.errno != errno.ENOSPC:
             raise
         raise RunError(
-            f"{path}: disk full (no space left on device); the previous {path.name} is "
-            "kept: free space, then continue with --resume"
+            f"{path}: disk full (no space left on device); the files written before are "
+            "intact: free space, then continue with --resume"
         ) from None
 
 
