@@ -195,3 +195,12 @@ def test_a_bug_is_not_a_user_error(monkeypatch, saved_run):
     monkeypatch.setattr(mscon.evaluate, "evaluate_run", broken)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["eval", str(saved_run)])
+
+
+def test_a_path_that_cannot_be_written_exits_2_naming_it(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["data", "synth", "--out", str(blocker / "x"), "--size", "20"]) == 2
+    assert f"{blocker / 'x'}/images: Not a directory" in one_line_error(capsys)
+    assert main(train_argv(blocker / "run")) == 2
+    assert f"{blocker / 'run'}: Not a directory" in one_line_error(capsys)

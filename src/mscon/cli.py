@@ -10,6 +10,7 @@ See docs/troubleshooting.md.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,18 +108,14 @@ def _embed(args: argparse.Namespace) -> None:
 
     from mscon.api import embed
     from mscon.data import load_dataset
-    from mscon.errors import UserError
     from mscon.runs import load_run_config
 
     size = load_run_config(args.run_dir).data.image_size
     images = load_dataset(args.data, image_size=size).images
     features = embed(args.run_dir, images, checkpoint=args.checkpoint)
     out = Path(args.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, features.numpy())
-    except OSError as error:
-        raise UserError(f"{out}: cannot write ({error.strerror})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features.numpy())
     print(f"wrote {out}: {tuple(features.shape)} features, rows in labels.csv order")
 
 
@@ -162,11 +159,25 @@ COMMANDS = {
 }
 
 
+# a file or folder the user named cannot be read or written: their setup, not a bug
+FILE_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0, 2 user error, 3 non-finite loss).
 
-    A :class:`~mscon.errors.UserError` prints one line and returns 2; any other
-    exception is a bug and propagates with its traceback (exit status 1).
+    A :class:`~mscon.errors.UserError`, or an ``OSError`` naming a file that
+    cannot be read or written (:data:`FILE_ERRORS`), prints one line and returns
+    2; any other exception is a bug and propagates with its traceback (exit 1).
     """
     args = _parser().parse_args(argv)
     from mscon.errors import NonFiniteLossError, UserError
@@ -179,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"mscon: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None or error.errno not in FILE_ERRORS:
+            raise
+        print(f"mscon: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mscon: interrupted; resume with --resume", file=sys.stderr)
