@@ -62,6 +62,19 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, fault):
     assert not list((tmp_path / runs.CHECKPOINT_DIR).glob("*.tmp"))
 
 
+def test_a_real_full_disk_inside_torch_save_is_recognised(tmp_path, monkeypatch):
+    """Writes to /dev/full fail with ENOSPC; torch.save hides the errno unless recorded."""
+    runs.save_checkpoint(tmp_path, {"model": {"w": torch.ones(10)}, "step": 1})
+
+    def full(file, mode="r", *args, **kwargs):
+        return open("/dev/full", mode) if str(file).endswith(".tmp") else open(file, mode)
+
+    monkeypatch.setattr(runs, "open", full, raising=False)
+    with pytest.raises(RunError, match="step_00000002.pt: disk full"):
+        runs.save_checkpoint(tmp_path, {"model": {"w": torch.ones(100_000)}, "step": 2})
+    assert runs.load_checkpoint(runs.checkpoint_path(tmp_path))["step"] == 1
+
+
 def test_a_full_disk_while_appending_metrics_is_a_run_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

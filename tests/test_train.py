@@ -94,6 +94,10 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_file(tiny_config, 
     torch.save(state, last)
     with pytest.raises(RunError, match=f"{last}: its model state does not fit"):
         train(config, resume=True)
+    del state["config"]
+    torch.save(state, last)
+    with pytest.raises(RunError, match=f"{last}: the checkpoint holds no config"):
+        train(config, resume=True)
     state["format"] = runs.CHECKPOINT_FORMAT + 1
     torch.save(state, last)
     with pytest.raises(RunError, match="newer than this mscon reads"):

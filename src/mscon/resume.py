@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mscon import runs
-from mscon.config import Config
+from mscon.config import Config, config_from_yaml
 from mscon.errors import ConfigError, RunError
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "load_states",
     "non_finite_message",
     "resume_record",
+    "saved_config",
 ]
 
 RESUMABLE = (
@@ -103,6 +104,13 @@ def follow_base_lrs(
     for group, base, schedule in zip(groups, base_lrs, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base
         group["lr"] = base * schedule(scheduler.last_epoch)
+
+
+def saved_config(path: Path, state: dict[str, Any]) -> Config:
+    """The config a checkpoint was written with (its ``config`` entry, YAML text)."""
+    if not isinstance(state.get("config"), str):
+        raise RunError(f"{path}: the checkpoint holds no config (not written by mscon train)")
+    return config_from_yaml(state["config"], str(path), retired_ok=True)
 
 
 def load_states(path: Path, state: dict[str, Any], parts: Mapping[str, Any]) -> None:

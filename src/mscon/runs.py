@@ -127,6 +127,25 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+class _Recording:
+    """A file proxy that keeps the OSError of a failed write: ``torch.save`` turns it
+    into a RuntimeError without the errno, so a full disk would not be recognised."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
 def _write_atomic(path: Path, write: Callable[[Any], Any], fault_point: str | None = None) -> None:
     """``write(handle)`` to a temporary file, fsync, rename into place, fsync the folder.
 
@@ -138,7 +157,13 @@ def _write_atomic(path: Path, write: Callable[[Any], Any], fault_point: str | No
     with _disk_full_is_a_user_error(path):
         try:
             with open(tmp, "wb") as handle:
-                write(handle)
+                recording = _Recording(handle)
+                try:
+                    write(recording)
+                except RuntimeError:
+                    if recording.error is None:
+                        raise
+                    raise recording.error from None
                 if fault_point is not None:
                     faults.inject(fault_point, handle)
                 handle.flush()

@@ -28,13 +28,20 @@ from typing import Any
 import torch
 
 from mscon import runs
-from mscon.config import Config, config_from_yaml, config_to_yaml
+from mscon.config import Config, config_to_yaml
 from mscon.data import LabelledImages, load_experiment_data
 from mscon.data.augment import ViewAugment, make_views
 from mscon.errors import ConfigError, NonFiniteLossError, RunError
 from mscon.methods import Method, build_method
 from mscon.models.backbones import build_backbone
-from mscon.resume import changes, follow_base_lrs, load_states, non_finite_message, resume_record
+from mscon.resume import (
+    changes,
+    follow_base_lrs,
+    load_states,
+    non_finite_message,
+    resume_record,
+    saved_config,
+)
 
 __all__ = ["NonFiniteLossError", "RunError", "build_model", "build_optimizer", "train"]
 
@@ -209,7 +216,7 @@ def _run(
     if resume:
         path = runs.checkpoint_path(run_dir)
         state = runs.load_checkpoint(path, map_location=device)
-        changed = changes(config_from_yaml(state["config"], str(path), True), config, str(path))
+        changed = changes(saved_config(path, state), config, str(path))
         base_lrs = list(scheduler.base_lrs)  # the current config's rates
         parts = {"model": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         load_states(path, state, parts)
