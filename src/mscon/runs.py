@@ -366,7 +366,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "plain containers (it could run code); use a checkpoint written by mscon"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip() or type(error).__name__
+        first = text.splitlines()[0].split(". ")[0]  # torch appends paragraphs of advice
         raise RunError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {first}); "
             "resume or evaluate from an older checkpoints/step_*.pt"
