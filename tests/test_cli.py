@@ -152,27 +152,3 @@ def test_argparse_errors_exit_2():
     with pytest.raises(SystemExit) as error:
         main(["train"])
     assert error.value.code == 2
-
-
-@pytest.mark.parametrize(
-    ("override", "named"),
-    [
-        ("method.queue_size=4096", "method.queue_size: not read by method 'mscon'"),
-        ("method.weighting=nope", "method.weighting: unknown name 'nope'"),
-        ("model.backbone=resnet19", "did you mean 'resnet18'"),
-    ],
-)
-def test_config_errors_exit_2_before_data_or_run_folder(
-    override, named, tmp_path, capsys, monkeypatch
-):
-    import mscon.data
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("data was read")
-
-    monkeypatch.setattr(mscon.data, "load_dataset", no_data)
-    run = tmp_path / "run"
-    assert main(["train", "demo", "--set", f"out={run}", "--set", override]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and named in err[0] and err[0].startswith("mscon: error: ")
-    assert not run.exists()

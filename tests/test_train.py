@@ -1,9 +1,13 @@
 import json
+import os
+import socket
 
 import pytest
 import torch
 
+from mscon import runs
 from mscon.config import ConfigError
+from mscon.errors import DataError, NonFiniteLossError
 from mscon.train import RunError, train, warmup_cosine
 
 
@@ -54,9 +58,121 @@ def test_existing_run_is_protected(tiny_config):
     with pytest.raises(RunError, match="--resume"):
         train(config)
     train(config, overwrite=True)
-    changed = tiny_config("simclr", **{"train.epochs": 1, "train.lr": 0.01})
-    with pytest.raises(ConfigError, match="train.lr"):
+    changed = tiny_config("simclr", **{"train.epochs": 1, "method.temperature": 0.3})
+    with pytest.raises(ConfigError, match="--resume cannot change method.temperature .*train.lr"):
         train(changed, resume=True)
+
+
+def test_resume_follows_a_new_learning_rate_and_records_it(tiny_config, tmp_path):
+    config = tiny_config("mscon", **{"train.warmup_epochs": 0})
+    run = train(config, stop_after=3)
+    lower = tiny_config("mscon", **{"train.warmup_epochs": 0, "train.lr": 0.005})
+    train(lower, resume=True)
+    records = read_metrics(run)
+    total = records[-1]["step"]
+    for record in records:  # warmup_cosine(s) * lr after step s; the new lr from step 4
+        lr = 0.05 if record["step"] <= 3 else 0.005
+        assert record["lr"] == pytest.approx(lr * warmup_cosine(record["step"], 0, total))
+    (resumed,) = runs.read_resumes(run)
+    assert resumed["step"] == 3 and resumed["changes"] == {"train.lr": [0.05, 0.005]}
+    assert runs.load_run_config(run).train.lr == 0.005
+    state = torch.load(run / "checkpoints" / "last.pt")
+    assert state["scheduler"]["base_lrs"][0] == 0.005
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_file(tiny_config, tmp_path):
+    other = train(tiny_config("simclr", out=tmp_path / "other", **{"train.epochs": 1}))
+    config = tiny_config("mscon", **{"train.epochs": 1})
+    run = train(config, stop_after=1)
+    last = run / "checkpoints" / "last.pt"
+    last.unlink()
+    last.write_bytes((other / "checkpoints" / "last.pt").read_bytes())
+    with pytest.raises(ConfigError, match=f"{last}: --resume cannot change method.name"):
+        train(config, resume=True)
+    state = torch.load(other / "checkpoints" / "last.pt")
+    state["config"] = runs.config_file(run).read_text()
+    torch.save(state, last)
+    with pytest.raises(RunError, match=f"{last}: its model state does not fit"):
+        train(config, resume=True)
+    del state["config"]
+    torch.save(state, last)
+    with pytest.raises(RunError, match=f"{last}: the checkpoint holds no config"):
+        train(config, resume=True)
+    state["format"] = runs.CHECKPOINT_FORMAT + 1
+    torch.save(state, last)
+    with pytest.raises(RunError, match="newer than this mscon reads"):
+        train(config, resume=True)
+
+
+def test_a_live_run_holds_its_folder(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config("simclr", **{"train.epochs": 1})
+    run = train(config, stop_after=1)
+    monkeypatch.setattr(runs, "_process_alive", lambda pid: True)
+    (run / "run.lock").write_text(f"{os.getpid() + 1} {socket.gethostname()}\n")
+    with pytest.raises(RunError, match="in use by another mscon run"):
+        train(config, resume=True)
+    monkeypatch.setattr(runs, "_process_alive", lambda pid: False)
+    train(config, resume=True)  # the holder is dead: the stale lock is taken over
+    assert not (run / "run.lock").exists()
+
+
+def test_non_finite_loss_names_the_step_and_each_similarity_and_keeps_the_checkpoint(
+    tiny_config, monkeypatch
+):
+    from mscon.methods.mscon import MSCon
+
+    config = tiny_config("mscon", **{"train.checkpoint_every": 2})
+    real = MSCon.forward
+
+    def blow_up_at_step_4(self, views, labels, index=None):
+        out = real(self, views, labels, index)
+        if blow_up_at_step_4.calls == 3:
+            self.loss_fn.last_losses[1] = float("inf")
+            out["loss"] = out["loss"] * float("inf")
+        blow_up_at_step_4.calls += 1
+        return out
+
+    blow_up_at_step_4.calls = 0
+    monkeypatch.setattr(MSCon, "forward", blow_up_at_step_4)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "non-finite loss at step 4: loss inf (shape " in message
+    assert "color inf, size " in message and "checkpoint of step 2 kept" in message
+    assert "--resume --set train.lr=" in message
+    monkeypatch.setattr(MSCon, "forward", real)
+    train(tiny_config("mscon", **{"train.checkpoint_every": 2, "train.lr": 0.01}), resume=True)
+    assert [r["step"] for r in read_metrics(config.run_dir)] == list(range(1, 9))
+
+
+def test_a_similarity_with_one_class_is_refused_before_the_run_folder(tiny_config, tmp_path):
+    data = tmp_path / "data"
+    write_manifest_with_one_class(data)
+    overrides = {
+        "data.path": str(data),
+        "data.similarities": "[kind,tone]",
+        "data.eval_tasks": "[]",
+        "train.batch_size": 4,
+    }
+    config = tiny_config("mscon", **overrides)
+    with pytest.raises(
+        DataError, match="data.similarities: column 'tone' has 1 class \\('dark'\\)"
+    ):
+        train(config)
+    assert not config.run_dir.exists()
+
+
+def write_manifest_with_one_class(folder):
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    rows = ["path,split,kind,tone"]
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / "img" / f"{i}.png")
+        tone = "dark" if i % 3 else ""
+        rows.append(f"img/{i}.png,{'train' if i < 8 else 'test'},{'ab'[i % 2]},{tone}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
 def test_resume_without_checkpoint(tiny_config):

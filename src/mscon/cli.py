@@ -1,19 +1,29 @@
 """The ``mscon`` command (also ``python -m mscon``).
 
 Exit status: 0 on success; 2 on bad input (config, data, arguments, a run
-folder with no checkpoint) with a one-line message naming the file, key or
-column; 3 when training stopped on a non-finite loss; 1 (a traceback) only
-for bugs.
+folder with no checkpoint or in use, a full disk) with a one-line message naming
+the file, key or column: every such error is a :class:`mscon.errors.UserError`;
+3 when training stopped on a non-finite loss; 1 (a traceback) only for bugs.
+See docs/troubleshooting.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mscon.demo import DEMO_METHODS
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse reports anything else, exit status 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATASET")
     synth = data_commands.add_parser("synth", help="write the embedded dataset as a manifest")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--size", type=int, default=6000)
+    synth.add_argument("--size", type=_positive_int, default=6000)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--image-size", type=int, default=32)
+    synth.add_argument("--image-size", type=_positive_int, default=32)
     for name, source in (("zappos50k", "UT-Zappos50K"), ("medic", "MEDIC")):
         converter = data_commands.add_parser(name, help=f"convert the {source} release")
         converter.add_argument("src", help=f"the unpacked {source} folder")
@@ -155,11 +165,29 @@ COMMANDS = {
 }
 
 
+# a file or folder the user named cannot be read or written: their setup, not a bug
+FILE_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (0, 2 user error, 3 non-finite loss).
+
+    A :class:`~mscon.errors.UserError`, or an ``OSError`` naming a file that
+    cannot be read or written (:data:`FILE_ERRORS`), prints one line and returns
+    2; any other exception is a bug and propagates with its traceback (exit 1).
+    """
     args = _parser().parse_args(argv)
     from mscon import distributed
-    from mscon.errors import NonFiniteLossError
+    from mscon.errors import NonFiniteLossError, UserError
 
     if args.command != "train" and distributed.launched_world_size() > 1:
         print(
@@ -173,9 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"mscon: error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except UserError as error:
+        message = " ".join(str(error).split()) or type(error).__name__
         print(f"mscon: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None or error.errno not in FILE_ERRORS:
+            raise
+        print(f"mscon: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mscon: interrupted; resume with --resume", file=sys.stderr)

@@ -115,6 +115,13 @@ class ModelConfig(_Section):
 
         return check_registered(BACKBONES, value)
 
+    @field_validator("weights")
+    @classmethod
+    def _weights_file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"file not found: {value} (weights are never downloaded)")
+        return value
+
 
 class MethodConfig(_Section):
     """Base of every method's typed ``method`` section (one subclass per method).
@@ -209,6 +216,14 @@ class AugmentConfig(_Section):
             raise ValueError(f"expected at least one view, got {value}")
         return value
 
+    @field_validator("overrides")
+    @classmethod
+    def _known_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mscon.data.augment import ViewAugment
+
+        ViewAugment(8, "simclr", **value)  # ValueError naming augment.overrides.KEY
+        return value
+
     def recipes(self) -> list[str]:
         """The recipe of each view, in order."""
         return [self.kind] * self.views if isinstance(self.views, int) else list(self.views)
@@ -223,7 +238,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
-    keep_epoch_checkpoints: bool = False
+    keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     device: str = "auto"
     amp: bool = True
@@ -375,9 +390,18 @@ def _section_keys(tree: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str, list
     return what, list(model.model_fields)
 
 
+# keys that were renamed or retired: key -> what to use instead
+RETIRED = {
+    "train.keep_epoch_checkpoints": "replaced by train.keep_checkpoints (how many "
+    "checkpoints to keep, last.pt included; default 2)",
+}
+
+
 def _describe(error: dict[str, Any], tree: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden" and key in RETIRED:
+        return f"{key}: {RETIRED[key]}"
     if error["type"] == "extra_forbidden":
         found = _section_keys(tree, loc[:-1])
         if found is not None:
@@ -389,7 +413,7 @@ def _describe(error: dict[str, Any], tree: dict[str, Any]) -> str:
                 )
             return f"{key}: unknown key in {what}{did_you_mean(str(loc[-1]), keys)}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message}" if key else message
+    return f"{key}: {message}" if key and not message.startswith(key) else message
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
@@ -497,9 +521,19 @@ def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def config_from_yaml(text: str, source: str) -> Config:
-    """A :class:`Config` from YAML text (a run's ``config.yaml``, a checkpoint's copy)."""
-    return config_from_dict(_read_yaml(text, source), source)
+def config_from_yaml(text: str, source: str, retired_ok: bool = False) -> Config:
+    """A :class:`Config` from YAML text (a run's ``config.yaml``, a checkpoint's copy).
+
+    With ``retired_ok`` (a saved run's config, written by an older mscon) the
+    :data:`RETIRED` keys are dropped instead of refused.
+    """
+    tree = _read_yaml(text, source)
+    if retired_ok:
+        for key in RETIRED:
+            section, _, name = key.partition(".")
+            if isinstance(tree.get(section), dict):
+                tree[section].pop(name, None)
+    return config_from_dict(tree, source)
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -559,14 +559,14 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> dict[str, Any
         The eval.json content: {"tasks": {TASK: {...}}, "method", "checkpoint", "step", ...}.
     """
     from mscon import runs
-    from mscon.data import load_experiment_data
+    from mscon.data import DataError, load_experiment_data
     from mscon.data.augment import to_float
 
     run_dir = Path(run_dir)
     config = runs.load_run_config(run_dir)
     path = runs.checkpoint_path(run_dir, checkpoint)
     state = runs.load_checkpoint(path)
-    encoder = runs.encoder_from_state(config, state)
+    encoder = runs.encoder_from_state(config, state, path)
     device = config.train.torch_device()
     data = load_experiment_data(config.data, config.seed, clean=True)
     tasks = task_domains(config, state["trained_columns"])
@@ -580,8 +580,12 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> dict[str, Any
         )
         labels[split] = {task: part.labels[task] for task in tasks}
     continuous = {task for task in tasks if data.is_continuous(task)}
+    try:
+        scores = evaluate_features(features, labels, tasks, continuous, knn_k=config.eval.knn_k)
+    except ValueError as error:  # a task without labelled train or test rows, no test split
+        raise DataError(f"{data.source}: {error}") from None
     results = {
-        "tasks": evaluate_features(features, labels, tasks, continuous, knn_k=config.eval.knn_k),
+        "tasks": scores,
         "method": config.method.name,
         "checkpoint": path.name,
         "step": state["step"],

@@ -25,6 +25,7 @@ Example (a tiny run on the embedded data):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from contextlib import nullcontext
@@ -36,11 +37,19 @@ import torch
 
 from mscon import distributed, runs
 from mscon.config import Config, config_to_yaml
-from mscon.data import load_experiment_data
+from mscon.data import LabelledImages, load_experiment_data
 from mscon.data.augment import ViewAugment, make_views
 from mscon.errors import ConfigError, NonFiniteLossError, RunError
 from mscon.methods import Method, build_method
 from mscon.models.backbones import build_backbone
+from mscon.resume import (
+    changes,
+    follow_base_lrs,
+    load_states,
+    non_finite_message,
+    resume_record,
+    saved_config,
+)
 
 __all__ = ["NonFiniteLossError", "RunError", "build_model", "build_optimizer", "train"]
 
@@ -124,35 +133,16 @@ class _Logger:
             self.writer.close()
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
     """The run folder, after checking that it can be started or resumed (nothing written)."""
     run_dir = config.run_dir
+    if run_dir.is_dir():
+        runs.check_unlocked(run_dir)
     if resume:
         if not runs.has_checkpoint(run_dir):
-            raise RunError(f"{run_dir}: no checkpoint to resume from")
-        saved = _flatten(runs.load_run_config(run_dir).to_dict())
-        current = _flatten(config.to_dict())
-        ignored = {"train.progress", "train.tensorboard", "train.device"}
-        diff = [
-            k
-            for k in sorted(saved.keys() | current.keys() - ignored)
-            if k not in ignored and saved.get(k) != current.get(k)
-        ]
-        if diff:
-            raise ConfigError(
-                f"{runs.config_file(run_dir)}: --resume with a different config ({', '.join(diff)})"
-            )
+            raise RunError(f"{run_dir}: no checkpoint to resume from (train it without --resume)")
+        source = str(runs.config_file(run_dir))
+        changes(runs.load_run_config(run_dir), config, source)
         return run_dir
     if runs.has_checkpoint(run_dir) and not overwrite:
         raise RunError(
@@ -167,9 +157,13 @@ def train(
 ) -> Path:
     """Train ``config`` and return its run folder.
 
+    Config and run-folder checks come first, then the data is read and checked;
+    only then is the run folder created and locked (``run.lock``) for the run.
+
     Args:
         config: the experiment config.
-        resume: continue from ``checkpoints/last.pt`` of the run folder.
+        resume: continue from ``checkpoints/last.pt`` of the run folder; the config
+            may differ from the saved one only in :data:`mscon.resume.RESUMABLE` keys.
         overwrite: start again in a run folder that already holds a run.
         stop_after: stop (after checkpointing) once this many steps are done in
             total; the run can be resumed later (used to test interruption).
@@ -179,25 +173,42 @@ def train(
         NonFiniteLossError: the loss became NaN or infinite (exit status 3).
     """
     run_dir = distributed.run_on_main(_check_run_dir, config, resume, overwrite)
-    device = distributed.local_device(config.train.torch_device())
     data = load_experiment_data(config.data, config.seed).select("train")
+    data.check_similarities(config.data.similarities, "data.similarities")
+    if len(data) < config.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} is larger than the train split "
+            f"({len(data)} images)"
+        )
+    if config.train.batch_size < distributed.world_size():
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} images cannot be shared by "
+            f"{distributed.world_size()} processes (it is the global batch)"
+        )
+    distributed.run_on_main(run_dir.mkdir, parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:  # rank 0 holds the run folder's lock
+        distributed.run_on_main(lambda: stack.enter_context(runs.run_lock(run_dir)))
+        return _run(config, run_dir, data, resume, overwrite, stop_after)
+
+
+def _run(
+    config: Config,
+    run_dir: Path,
+    data: LabelledImages,
+    resume: bool,
+    overwrite: bool,
+    stop_after: int | None,
+) -> Path:
+    """The training loop of :func:`train`, in the locked run folder."""
+    device = distributed.local_device(config.train.torch_device())
     columns = list(config.data.similarities)
-    labels = data.label_matrix(columns)
+    labels = data.label_matrix(columns, "data.similarities")
     num_classes = [len(data.classes[c]) for c in columns]
     t = config.train
     steps_per_epoch = len(data) // t.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"train.batch_size: {t.batch_size} is larger than the train split ({len(data)} images)"
-        )
-    if t.batch_size < distributed.world_size():
-        raise ConfigError(
-            f"train.batch_size: {t.batch_size} images cannot be shared by "
-            f"{distributed.world_size()} processes (it is the global batch)"
-        )
     total_steps = t.epochs * steps_per_epoch
-    if not resume:
-        distributed.run_on_main(_start_run_dir, run_dir, overwrite)
+    if not resume and overwrite:
+        distributed.run_on_main(runs.clear_run, run_dir)
 
     torch.manual_seed(config.seed)
     method = build_model(config, num_classes).to(device)
@@ -218,12 +229,13 @@ def train(
     amp_dtype = _amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step = 0
-    if resume:  # rank 0 reads the checkpoint, every rank receives it
-        state = distributed.run_on_main(_read_checkpoint, run_dir)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+    if resume:  # rank 0 reads the checkpoint and updates the run folder; every rank loads it
+        path = runs.checkpoint_path(run_dir)
+        state = distributed.run_on_main(_resume_state, run_dir, config)
+        base_lrs = list(scheduler.base_lrs)  # the current config's rates
+        parts = {"model": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        load_states(path, state, parts)
+        follow_base_lrs(scheduler, base_lrs)
         torch.set_rng_state(state["rng"]["torch"])
         step = state["step"]
     else:
@@ -235,7 +247,7 @@ def train(
         for kind in method.view_recipes(config.augment)
     ]
 
-    def checkpoint(name: str = "last") -> None:
+    def checkpoint() -> None:
         if not distributed.is_main_process():
             return
         state = {
@@ -249,7 +261,7 @@ def train(
             "config": config_to_yaml(config),
             "trained_columns": method.trained_columns,
         }
-        runs.save_checkpoint(run_dir, state, name)
+        runs.save_checkpoint(run_dir, state, keep=t.keep_checkpoints)
 
     logger = _Logger(run_dir, config, total_steps, step, writes=distributed.is_main_process())
     method.train()
@@ -276,10 +288,7 @@ def train(
                 loss = model(views, batch_labels, mine.to(device))["loss"]
             batch_loss = distributed.mean_over_ranks(loss)  # the loss of the whole batch
             if not torch.isfinite(batch_loss):
-                raise NonFiniteLossError(
-                    f"{run_dir}: non-finite loss {batch_loss.item()} at step {step}; "
-                    "lower train.lr or method.temperature"
-                )
+                raise NonFiniteLossError(non_finite_message(run_dir, step + 1, batch_loss, method))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -305,8 +314,6 @@ def train(
                 window_start, window_images = time.perf_counter(), 0
             if end_of_epoch or (t.checkpoint_every and step % t.checkpoint_every == 0):
                 checkpoint()
-            if end_of_epoch and t.keep_epoch_checkpoints:
-                checkpoint(f"epoch_{step // steps_per_epoch:04d}")
             if stop_after is not None and step >= stop_after:
                 checkpoint()
                 break
@@ -315,23 +322,21 @@ def train(
     return run_dir
 
 
-def _start_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder (emptied first with ``overwrite``)."""
-    if overwrite and run_dir.is_dir():
-        runs.clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _write_run_files(config: Config, run_dir: Path, classes: dict[str, list[str]]) -> None:
     """config.yaml and classes.json of a new run."""
     runs.save_run_config(config, run_dir)
     runs.write_classes(run_dir, classes)
 
 
-def _read_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """The last checkpoint (on CPU), with metrics.jsonl cut back to its step."""
-    state = runs.load_checkpoint(runs.checkpoint_path(run_dir), map_location="cpu")
+def _resume_state(run_dir: Path, config: Config) -> dict[str, Any]:
+    """The last checkpoint (on CPU), after checking ``config`` against it; metrics.jsonl
+    is cut back to its step, the resume recorded in resume.jsonl, config.yaml updated."""
+    path = runs.checkpoint_path(run_dir)
+    state = runs.load_checkpoint(path, map_location="cpu")
+    changed = changes(saved_config(path, state), config, str(path))
     runs.truncate_metrics(run_dir, state["step"])
+    runs.append_resume(run_dir, resume_record(path, state["step"], changed))
+    runs.save_run_config(config, run_dir)
     return state
 
 

@@ -1,14 +1,30 @@
-"""Analytic values and invariances (batch permutation, label renaming, view order)."""
+"""Analytic values, invariances (batch permutation, label renaming, view order) and
+hypothesis property tests of every loss in mscon.losses."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from losses.helpers import random_labels
-from mscon.losses import MSConLoss, MultiTaskCELoss, NTXentLoss, SupConLoss, TaskWeighting
+from losses.helpers import LABEL_PATTERNS, random_labels
+from mscon.losses import (
+    WEIGHTING_MODES,
+    FMICLLoss,
+    MSConFMICLLoss,
+    MSConLoss,
+    MultiTaskCELoss,
+    NTXentLoss,
+    SCELoss,
+    SupConLoss,
+    TaskWeighting,
+)
+from mscon.losses.divergences import DIVERGENCES
 
 F64 = torch.float64
 
@@ -161,3 +177,203 @@ def test_gather_distributed_without_group_is_identical(gen):
     assert SupConLoss(gather_distributed=True)(x, labels).item() == SupConLoss()(x, labels).item()
     a = NTXentLoss(gather_distributed=True)(x[:, 0], x[:, 1]).item()
     assert a == NTXentLoss()(x[:, 0], x[:, 1]).item()
+
+
+# ----------------------------------------------------------- property-based (hypothesis)
+#
+# Every loss exported by mscon.losses, in every weighting mode and divergence: for
+# legal shapes, awkward label patterns, four dtypes and temperatures down to 0.01 the
+# value and the gradients are finite; SupCon and NT-Xent are >= 0 (up to rounding);
+# task weights are > 0 when learned and >= 0 when fixed; the value does not depend
+# on the order of the batch. Example counts are capped: the section runs in seconds.
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+PROPERTY = settings(max_examples=6, deadline=None, derandomize=True)
+CASES = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "b": st.integers(1, 6),
+        "v": st.integers(1, 3),
+        "d": st.integers(2, 8),
+        "c": st.integers(1, 3),
+        "tau": st.sampled_from([0.01, 0.03, 0.1, 0.5, 1.0]),
+        "patterns": st.lists(st.sampled_from(LABEL_PATTERNS), min_size=3, max_size=3),
+        "dtype": st.sampled_from(DTYPES),
+    }
+)
+# always tried: every dtype once at the smallest temperature with degenerate labels
+EXTREMES = [
+    {"seed": 0, "b": b, "v": 2, "d": 4, "c": 3, "tau": 0.01, "patterns": pats, "dtype": dtype}
+    for b, pats, dtype in (
+        (1, ["missing"] * 3, torch.float16),
+        (4, ["singletons", "one_class", "missing"], torch.bfloat16),
+        (5, ["one_class", "missing", "singletons"], torch.float32),
+        (6, ["random", "dense", "singletons"], torch.float64),
+    )
+]
+
+
+@dataclass
+class Case:
+    """A loss evaluated on ``inputs`` (leaf tensors) and on the batch permuted by ``perm``."""
+
+    loss: Callable[[], torch.Tensor]
+    inputs: list[torch.Tensor]
+    permuted: Callable[[torch.Tensor], torch.Tensor]
+    module: torch.nn.Module
+    batch: int
+    non_negative: bool = False
+
+
+def leaf(gen, dtype, *shape, scale=1.0):
+    return (scale * torch.randn(*shape, generator=gen, dtype=F64)).to(dtype).requires_grad_()
+
+
+def label_matrix(gen, b, patterns):
+    return torch.stack([random_labels(gen, b, p) for p in patterns], 1)
+
+
+def ntxent(p, gen, dtype):
+    m = NTXentLoss(p["tau"])
+    z0, z1 = leaf(gen, dtype, p["b"], p["d"]), leaf(gen, dtype, p["b"], p["d"])
+    return Case(lambda: m(z0, z1), [z0, z1], lambda i: m(z0[i], z1[i]), m, p["b"], True)
+
+
+def supcon(form):
+    def make(p, gen, dtype):
+        m = SupConLoss(p["tau"], form=form)
+        x = leaf(gen, dtype, p["b"], p["v"], p["d"])
+        y = random_labels(gen, p["b"], p["patterns"][0])
+        return Case(lambda: m(x, y), [x], lambda i: m(x[i], y[i]), m, p["b"], True)
+
+    return make
+
+
+def task_weights(mode, c, gen):
+    if not WEIGHTING_MODES[mode].uses_weights:
+        return None
+    return (torch.rand(c, generator=gen) * 3).masked_fill(torch.rand(c, generator=gen) < 0.3, 0)
+
+
+def mscon(mode):
+    def make(p, gen, dtype):
+        c = p["c"]
+        m = MSConLoss(c, p["tau"], weighting=mode, weights=task_weights(mode, c, gen))
+        x = leaf(gen, dtype, c, p["b"], p["v"], p["d"])
+        y = label_matrix(gen, p["b"], p["patterns"][:c])
+        return Case(lambda: m(x, y), [x], lambda i: m(x[:, i], y[i]), m, p["b"])
+
+    return make
+
+
+def mscon_fmicl(mode):
+    def make(p, gen, dtype):
+        c = p["c"]
+        m = MSConFMICLLoss(c, weighting=mode, weights=task_weights(mode, c, gen))
+        x = leaf(gen, dtype, c, p["b"], max(2, p["v"]), p["d"])
+        y = label_matrix(gen, p["b"], p["patterns"][:c])
+        return Case(lambda: m(x, y), [x], lambda i: m(x[:, i], y[i]), m, p["b"])
+
+    return make
+
+
+def multitask_ce(mode):
+    def make(p, gen, dtype):
+        c = p["c"]
+        classes = [2 + k for k in range(c)]
+        m = MultiTaskCELoss(classes, weighting=mode, weights=task_weights(mode, c, gen))
+        logits = [leaf(gen, dtype, p["b"], k, scale=1 / p["tau"]) for k in classes]
+        raw = label_matrix(gen, p["b"], p["patterns"][:c])
+        y = torch.where(raw < 0, -1, raw % torch.tensor(classes))
+        permuted = lambda i: m([t[i] for t in logits], y[i])  # noqa: E731
+        return Case(lambda: m(logits, y), logits, permuted, m, p["b"])
+
+    return make
+
+
+def fmicl(divergence):
+    def make(p, gen, dtype):
+        m = FMICLLoss(divergence)
+        x = leaf(gen, dtype, p["b"], max(2, p["v"]), p["d"])
+        y = random_labels(gen, p["b"], p["patterns"][0])
+        return Case(lambda: m(x, y), [x], lambda i: m(x[i], y[i]), m, p["b"])
+
+    return make
+
+
+def sce(p, gen, dtype):
+    m = SCELoss(p["tau"], temperature_m=p["tau"] / 2)
+    queue = leaf(gen, dtype, 3, p["d"]).detach() if p["patterns"][0] == "dense" else None
+    b = p["b"] if queue is not None else max(2, p["b"])  # the batch's keys need B >= 2
+    student, teacher = leaf(gen, dtype, b, p["d"]), leaf(gen, dtype, b, p["d"])
+    return Case(
+        lambda: m(student, teacher, queue),
+        [student, teacher],
+        lambda i: m(student[i], teacher[i], queue),
+        m,
+        b,
+    )
+
+
+LOSS_CASES = {
+    "NTXentLoss": ntxent,
+    "SupConLoss/out": supcon("out"),
+    "SupConLoss/in": supcon("in"),
+    **{f"MSConLoss/{mode}": mscon(mode) for mode in WEIGHTING_MODES},
+    **{f"MSConFMICLLoss/{mode}": mscon_fmicl(mode) for mode in MSConFMICLLoss.WEIGHTINGS},
+    **{f"MultiTaskCELoss/{mode}": multitask_ce(mode) for mode in WEIGHTING_MODES},
+    **{f"FMICLLoss/{name}": fmicl(name) for name in DIVERGENCES},
+    "SCELoss": sce,
+}
+
+
+def test_every_exported_loss_has_property_cases():
+    import mscon.losses
+
+    exported = {
+        name
+        for name in mscon.losses.__all__
+        if name.endswith("Loss") and issubclass(getattr(mscon.losses, name), torch.nn.Module)
+    }
+    assert exported == {key.split("/")[0] for key in LOSS_CASES}
+
+
+def check_properties(make, p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    dtype = p["dtype"]
+    case = make(p, gen, dtype)
+    if dtype == F64:
+        case.module.double()
+    learned = [q for q in case.module.parameters() if q.requires_grad]
+    with torch.no_grad():  # learned task weights anywhere in a plausible range
+        for q in learned:
+            q.uniform_(-4.0, 4.0, generator=gen)
+    loss = case.loss()
+    assert loss.dim() == 0 and torch.isfinite(loss), loss.item()
+    if case.non_negative:
+        assert loss.item() >= -1e-6
+    grads = torch.autograd.grad(loss, case.inputs + learned, allow_unused=True)
+    for grad in grads:
+        assert grad is None or torch.isfinite(grad).all()
+    weighting = getattr(case.module, "weighting", None)
+    if weighting is not None:
+        weights = case.module.task_weights().detach()
+        assert torch.isfinite(weights).all()
+        assert (weights > 0).all() if weighting.strategy.learnable else (weights >= 0).all()
+    if dtype == F64:  # invariance: the same loss on the batch in another order
+        perm = torch.randperm(case.batch, generator=gen)
+        assert_close(case.permuted(perm), loss, 1e-9)
+
+
+def with_extremes(test):
+    for extreme in EXTREMES:
+        test = example(p=extreme)(test)
+    return test
+
+
+@pytest.mark.parametrize("name", list(LOSS_CASES))
+@PROPERTY
+@with_extremes
+@given(p=CASES)
+def test_finite_non_negative_weighted_and_permutation_invariant(name, p):
+    check_properties(LOSS_CASES[name], p)

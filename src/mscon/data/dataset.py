@@ -92,18 +92,31 @@ class LabelledImages:
                 available = ", ".join(self.labels) or "(none)"
                 raise DataError(f"{what}: no column '{column}'; available: {available}")
 
-    def label_matrix(self, columns: Sequence[str]) -> torch.Tensor:
-        """Categorical columns stacked as (n, C) int64, -1 = missing."""
-        self.check_columns(columns, "columns")
+    def label_matrix(self, columns: Sequence[str], what: str = "columns") -> torch.Tensor:
+        """Categorical columns stacked as (n, C) int64, -1 = missing (``what`` names the key)."""
+        self.check_columns(columns, what)
         for column in columns:
             if column not in self.classes:
                 raise DataError(
-                    f"column '{column}' is continuous (float labels); a categorical column "
-                    "is needed here"
+                    f"{what}: column '{column}' is continuous (float labels); a categorical "
+                    "column is needed here"
                 )
         if not columns:
             return torch.empty(len(self), 0, dtype=torch.long)
         return torch.stack([self.labels[c].long() for c in columns], dim=1)
+
+    def check_similarities(self, columns: Sequence[str], what: str) -> None:
+        """DataError for a column with fewer than two classes among these rows' labels:
+        it cannot tell any two images apart (every labelled pair would be positive)."""
+        matrix = self.label_matrix(columns, what)
+        for c, column in enumerate(columns):
+            present = matrix[:, c][matrix[:, c] >= 0].unique().tolist()
+            if len(present) < 2:
+                names = ", ".join(repr(self.classes[column][k]) for k in present) or "none"
+                raise DataError(
+                    f"{what}: column '{column}' has {len(present)} class ({names}) in the "
+                    f"train split of {self.source}; a similarity needs at least 2"
+                )
 
     def select(self, split: str) -> LabelledImages:
         """The rows of one split (images are an index copy)."""

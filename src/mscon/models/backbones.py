@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from mscon.errors import ConfigError
 from mscon.registry import Registry
 
 BackboneFactory = Callable[[], tuple[nn.Module, int]]
@@ -167,13 +168,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:  # weights_only: a weights file never runs code when read
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling and format errors have many types
-        raise ValueError(f"model.weights: cannot read {path} as a state dict: {error}") from error
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"model.weights: cannot read {path} as tensors only (weights_only): {first}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict):
-        raise ValueError(f"weights: {path} does not hold a state dict (got {type(state).__name__})")
+        raise ConfigError(
+            f"model.weights: {path} does not hold a state dict (got {type(state).__name__})"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith("encoder.") for k in state):  # an mscon run checkpoint's "model"
         state = {
@@ -197,11 +203,11 @@ def load_weights(encoder: nn.Module, weights: str | Path) -> list[str]:
         The encoder keys that were loaded.
 
     Raises:
-        ValueError: the file does not exist, or no key matches the encoder.
+        ConfigError: the file does not exist or cannot be read, or no key matches the encoder.
     """
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ValueError(f"model.weights: file not found: {path} (weights are never downloaded)")
+        raise ConfigError(f"model.weights: file not found: {path} (weights are never downloaded)")
     state = _read_state_dict(path)
     own = encoder.state_dict()
     matched = {k: v for k, v in state.items() if k in own and not k.startswith("fc.")}
@@ -214,7 +220,7 @@ def load_weights(encoder: nn.Module, weights: str | Path) -> list[str]:
         )
     loadable = {k: v for k, v in matched.items() if k not in mismatched}
     if not loadable:
-        raise ValueError(
+        raise ConfigError(
             f"model.weights: no tensor of {path} matches the encoder "
             f"(file keys like {sorted(state)[:3]}, encoder keys like {sorted(own)[:3]})"
         )
