@@ -115,3 +115,16 @@ def test_weighting_variants_train(tiny_config, weighting):
     assert set(last["weights"]) == {"shape", "color", "size"}
     if weighting == "normalized":
         assert sum(last["weights"].values()) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_max_steps_replaces_epochs_and_ends_the_schedule(tiny_config):
+    overrides = {"train.max_steps": 6, "train.epochs": 1, "train.log_every": 4}
+    run_dir = train(tiny_config("supcon", **overrides))
+    records = read_metrics(run_dir)  # 4 steps per epoch: the data order wraps into epoch 2
+    assert [r["step"] for r in records] == [4, 6]  # the last step is logged too
+    assert records[-1]["epoch"] == 1.5
+    assert torch.load(run_dir / "checkpoints" / "last.pt")["step"] == 6  # saved mid-epoch
+    assert records[0]["lr"] == pytest.approx(0.05 * warmup_cosine(4, 2, 6))  # logged after
+    assert records[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the scheduler's step
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        tiny_config("supcon", **{"train.max_steps": 0})

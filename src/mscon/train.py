@@ -180,7 +180,7 @@ def train(
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is larger than the train split ({len(data)} images)"
         )
-    total_steps = t.epochs * steps_per_epoch
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
     if not resume:
         if overwrite and run_dir.is_dir():
             runs.clear_run(run_dir)
@@ -274,7 +274,8 @@ def train(
             window_images += t.batch_size
             logger.bar.update(1)
             end_of_epoch = step % steps_per_epoch == 0
-            if step % t.log_every == 0 or end_of_epoch:
+            last_step = step == total_steps  # also mid-epoch, with train.max_steps
+            if step % t.log_every == 0 or end_of_epoch or last_step:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
@@ -286,7 +287,7 @@ def train(
                 }
                 logger.log(record)
                 window_start, window_images = time.perf_counter(), 0
-            if end_of_epoch or (t.checkpoint_every and step % t.checkpoint_every == 0):
+            if end_of_epoch or last_step or (t.checkpoint_every and step % t.checkpoint_every == 0):
                 checkpoint()
             if end_of_epoch and t.keep_epoch_checkpoints:
                 checkpoint(f"epoch_{step // steps_per_epoch:04d}")
