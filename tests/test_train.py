@@ -231,3 +231,25 @@ def test_weighting_variants_train(tiny_config, weighting):
     assert set(last["weights"]) == {"shape", "color", "size"}
     if weighting == "normalized":
         assert sum(last["weights"].values()) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_max_steps_replaces_epochs_and_ends_the_schedule(tiny_config):
+    overrides = {"train.max_steps": 6, "train.epochs": 1, "train.log_every": 4}
+    run_dir = train(tiny_config("supcon", **overrides))
+    records = read_metrics(run_dir)  # 4 steps per epoch: the data order wraps into epoch 2
+    assert [r["step"] for r in records] == [4, 6]  # the last step is logged too
+    assert records[-1]["epoch"] == 1.5
+    assert runs.load_checkpoint(runs.checkpoint_path(run_dir))["step"] == 6  # saved mid-epoch
+    assert records[0]["lr"] == pytest.approx(0.05 * warmup_cosine(4, 2, 6))  # logged after
+    assert records[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the scheduler's step
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        tiny_config("supcon", **{"train.max_steps": 0})
+
+
+def test_resume_may_extend_max_steps(tiny_config):
+    run_dir = train(tiny_config("supcon", **{"train.max_steps": 3, "train.log_every": 1}))
+    train(tiny_config("supcon", **{"train.max_steps": 5, "train.log_every": 1}), resume=True)
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
+    assert runs.load_checkpoint(runs.checkpoint_path(run_dir))["step"] == 5
+    record = json.loads((run_dir / "resume.jsonl").read_text().splitlines()[-1])
+    assert record["changes"] == {"train.max_steps": [3, 5]}

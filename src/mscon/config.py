@@ -231,6 +231,8 @@ class AugmentConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
+    # the run's length in optimiser steps instead of epochs (the schedule ends there)
+    max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"

@@ -2,8 +2,8 @@
 
 A resumed run continues the saved one exactly, so its config must be the
 saved one except for :data:`RESUMABLE` keys: the learning rate (the exit-3
-advice "resume with a lower train.lr"), the number of epochs (the cosine
-schedule then runs over the new total), logging, checkpointing, device and
+advice "resume with a lower train.lr"), the number of epochs or steps
+(the cosine schedule then runs over the new total), logging, checkpointing, device and
 progress. Any other change is refused naming the key. Each resume is recorded
 in ``resume.jsonl`` (:func:`mscon.runs.append_resume`) with the changes.
 
@@ -44,6 +44,7 @@ __all__ = [
 RESUMABLE = (
     "train.lr",
     "train.epochs",
+    "train.max_steps",
     "train.log_every",
     "train.tensorboard",
     "train.progress",

@@ -206,7 +206,7 @@ def _run(
     num_classes = [len(data.classes[c]) for c in columns]
     t = config.train
     steps_per_epoch = len(data) // t.batch_size
-    total_steps = t.epochs * steps_per_epoch
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
     if not resume and overwrite:
         distributed.run_on_main(runs.clear_run, run_dir)
 
@@ -300,7 +300,8 @@ def _run(
             window_images += t.batch_size
             logger.bar.update(1)
             end_of_epoch = step % steps_per_epoch == 0
-            if step % t.log_every == 0 or end_of_epoch:
+            last_step = step == total_steps  # also mid-epoch, with train.max_steps
+            if step % t.log_every == 0 or end_of_epoch or last_step:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
@@ -312,7 +313,7 @@ def _run(
                 }
                 logger.log(record)
                 window_start, window_images = time.perf_counter(), 0
-            if end_of_epoch or (t.checkpoint_every and step % t.checkpoint_every == 0):
+            if end_of_epoch or last_step or (t.checkpoint_every and step % t.checkpoint_every == 0):
                 checkpoint()
             if stop_after is not None and step >= stop_after:
                 checkpoint()

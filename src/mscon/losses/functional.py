@@ -14,12 +14,27 @@ or :math:`\ell_i = -\log \sum_a W_{ia} p_{ia}` ("in" form). Anchors whose
 weights are all zero (no positive, or a missing label) are *not valid*: their
 :math:`\ell_i` is 0 and they are left out of the mean.
 
-:func:`contrastive_cross_entropy` is the one place the equation is computed;
-every loss module calls it (through :func:`supcon_per_anchor`). Its signature
-is the contract: a later row-chunked, recompute-in-backward version that never
-materialises the N x N probabilities can replace its body without changing a
-caller. Everything is computed in float32 for float16/bfloat16 input (float64
-stays float64), with autocast disabled, via logsumexp (never a raw exp).
+The loss is :math:`\ell_i = D_i - T_i`, with the log-denominator
+:math:`D_i = \log\sum_{a\in A(i)} \exp(z_i\cdot c_a/\tau)` and the positive term
+:math:`T_i`. :func:`contrastive_cross_entropy` is the one place the equation is
+computed; every loss module calls it (through :func:`supcon_per_anchor`). For
+``form="out"`` nothing of size M x N is kept:
+
+* :math:`D` comes from :func:`mscon.losses.chunked.log_denominator`, a custom
+  autograd function over chunks of anchor rows that rebuilds each chunk's block in
+  backward (peak memory O(chunk x N));
+* with hard labels, :math:`T_i = z_i\cdot S_i / (|P(i)|\,\tau)` where :math:`S_i` is
+  the sum of the candidates of i's class minus i's own column (class sums by
+  ``index_add``, no M x N pass);
+* with a ``positive_mask`` or ``target_weights`` (already M x N), :math:`T_i = z_i
+  \cdot (\bar W C)_i / \tau` with :math:`\bar W` the row-normalised weights: one
+  (M x N) @ (N x d) product, no logits.
+
+``form="in"`` (:math:`T_i = \log\sum_a W_{ia} p_{ia}` needs every logit of the row)
+takes the direct path, which builds the M x N logits. Everything is computed in
+float32 for float16/bfloat16 input (float64 stays float64), with autocast
+disabled; exponentials are shifted so that they never overflow or underflow
+(see :mod:`mscon.losses.chunked`).
 
 Example:
     >>> import torch
@@ -44,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mscon import distributed
+from mscon.losses.chunked import log_denominator
 
 __all__ = [
     "ContrastiveOutput",
@@ -110,6 +126,7 @@ def contrastive_cross_entropy(
     target_weights: Tensor | None = None,
     self_index: Tensor | None = None,
     form: str = "out",
+    chunk_size: int | None = None,
 ) -> ContrastiveOutput:
     r"""Per-anchor contrastive cross-entropy of anchors against candidates (SPEC section 1).
 
@@ -137,7 +154,11 @@ def contrastive_cross_entropy(
         self_index: (M,) long, the column of each anchor among the candidates, -1
             for none; None excludes nothing (unless ``candidates`` is None).
         form: ``"out"`` (:math:`-\sum_a W_{ia}\log p_{ia}`) or ``"in"``
-            (:math:`-\log\sum_a W_{ia} p_{ia}`).
+            (:math:`-\log\sum_a W_{ia} p_{ia}`; the direct M x N path).
+        chunk_size: anchor rows per chunk of the log-denominator; None: the
+            environment variable ``MSCON_LOSS_CHUNK_ROWS``, else automatic
+            (:func:`~mscon.losses.chunked.resolve_chunk_size`). Results do not depend
+            on it beyond rounding.
 
     Returns:
         :class:`ContrastiveOutput` ``(losses (M,), valid (M,))`` in the compute dtype
@@ -183,47 +204,146 @@ def contrastive_cross_entropy(
             f"contrastive_cross_entropy: positive_mask must be bool, got {positive_mask.dtype}"
         )
 
+    symmetric = (
+        candidates is anchors
+        and self_index is not None
+        and torch.equal(self_index, torch.arange(m, device=self_index.device))
+    )
     dtype = compute_dtype(anchors.dtype)
     with _no_autocast(anchors.device.type):
         a = anchors.to(dtype)
-        c = candidates.to(dtype)
+        c = a if symmetric else candidates.to(dtype)
         tau = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
-        logits = (a @ c.T) / tau  # (M, N); |logit| <= 1/tau for normalised rows
-
-        excluded = torch.zeros((m, n), dtype=torch.bool, device=a.device)
-        if self_index is not None:
-            rows = torch.arange(m, device=a.device)
-            has_self = self_index >= 0
-            excluded[rows[has_self], self_index[has_self]] = True
-
-        if anchor_labels is not None:
-            same = anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)
-            positive = same & (anchor_labels >= 0).unsqueeze(1) & ~excluded
-            weights = positive.to(dtype)
-        elif positive_mask is not None:
-            weights = (positive_mask & ~excluded).to(dtype)
-        else:
-            weights = target_weights.to(dtype).masked_fill(excluded, 0.0)
-        weight_sum = weights.sum(dim=1)
-        valid = weight_sum > 0
-        safe_sum = weight_sum.clamp_min(torch.finfo(dtype).tiny)
-
-        # A large finite fill (not -inf) keeps every value and gradient finite, even
-        # for an anchor whose only candidate is itself.
-        very_negative = -torch.finfo(dtype).max
-        log_denominator = torch.logsumexp(logits.masked_fill(excluded, very_negative), dim=1)
-        if form == "out":  # weights are 0 on excluded entries, where logits are finite
-            positive_term = (weights * logits).sum(dim=1) / safe_sum
-        else:
-            log_w = torch.log(weights.clamp_min(torch.finfo(dtype).tiny)) - torch.log(
-                safe_sum
-            ).unsqueeze(1)
-            positive_term = torch.logsumexp(
-                torch.where(weights > 0, logits + log_w, very_negative), dim=1
+        if form == "in":
+            return _dense_cross_entropy(
+                a,
+                c,
+                tau,
+                anchor_labels,
+                candidate_labels,
+                positive_mask,
+                target_weights,
+                self_index,
+                form,
             )
-        losses = torch.where(
-            valid, log_denominator - positive_term, torch.zeros_like(log_denominator)
+        if anchor_labels is not None:
+            positive_sum, count = _class_positive_sums(
+                c, anchor_labels, candidate_labels, self_index
+            )
+            valid = count > 0
+            positive_sum = positive_sum / count.clamp_min(1).unsqueeze(1).to(dtype)
+        else:
+            weights = _excluding_self(
+                positive_mask if positive_mask is not None else target_weights, dtype, self_index
+            )
+            weight_sum = weights.sum(dim=1, keepdim=True)
+            valid = weight_sum.squeeze(1) > 0
+            positive_sum = (weights / weight_sum.clamp_min(torch.finfo(dtype).tiny)) @ c
+        positive_term = (a * positive_sum).sum(dim=1) / tau
+        log_den = log_denominator(
+            a,
+            None if symmetric else c,
+            temperature=tau,
+            self_index=self_index,
+            chunk_size=chunk_size,
         )
+        losses = torch.where(valid, log_den - positive_term, torch.zeros_like(log_den))
+    return ContrastiveOutput(losses, valid)
+
+
+def _class_positive_sums(
+    candidates: Tensor, anchor_labels: Tensor, candidate_labels: Tensor, self_index: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    r"""Sum and count of each anchor's positives by class, with no (M, N) pass.
+
+    :math:`S_i = \sum_{a \in P(i)} c_a`: the sum of the candidates of the anchor's class
+    minus the anchor's own column when it is of that class; a missing label (-1)
+    has no positives.
+
+    Returns:
+        ``(sums (M, d), counts (M,) long)``.
+    """
+    classes, cand_class = torch.unique(candidate_labels, return_inverse=True)
+    d = candidates.shape[1]
+    class_sums = candidates.new_zeros((classes.numel(), d)).index_add(0, cand_class, candidates)
+    class_counts = torch.bincount(cand_class, minlength=classes.numel())
+    where = torch.searchsorted(classes, anchor_labels).clamp_(max=max(classes.numel() - 1, 0))
+    known = (anchor_labels >= 0) & (classes[where] == anchor_labels)
+    sums = class_sums[where]
+    counts = class_counts[where]
+    if self_index is not None:
+        col = self_index.clamp_min(0)
+        own = (self_index >= 0) & (candidate_labels[col] == anchor_labels)
+        sums = sums - own.unsqueeze(1).to(sums.dtype) * candidates[col]
+        counts = counts - own.long()
+    counts = torch.where(known, counts, torch.zeros_like(counts))
+    return sums, counts
+
+
+def _excluding_self(weights: Tensor, dtype: torch.dtype, self_index: Tensor | None) -> Tensor:
+    """(M, N) float copy of a bool mask or float weights, 0 at each anchor's own column."""
+    out = weights.to(dtype)
+    if self_index is None:
+        return out
+    has = self_index >= 0
+    rows = torch.arange(weights.shape[0], device=weights.device)[has]
+    keep = torch.ones_like(out).index_put((rows, self_index[has]), out.new_zeros(()))
+    return out * keep
+
+
+def _dense_cross_entropy(
+    a: Tensor,
+    c: Tensor,
+    tau: float | Tensor,
+    anchor_labels: Tensor | None,
+    candidate_labels: Tensor | None,
+    positive_mask: Tensor | None,
+    target_weights: Tensor | None,
+    self_index: Tensor | None,
+    form: str,
+) -> ContrastiveOutput:
+    """The direct path: the full (M, N) logits and weights, via logsumexp.
+
+    Used for ``form="in"`` (whose positive term needs each anchor's full row) and as the
+    reference the chunked path is tested against. Arguments as
+    :func:`contrastive_cross_entropy`, already in the compute dtype.
+    """
+    m, n = a.shape[0], c.shape[0]
+    dtype = a.dtype
+    logits = (a @ c.T) / tau  # (M, N); |logit| <= 1/tau for normalised rows
+
+    excluded = torch.zeros((m, n), dtype=torch.bool, device=a.device)
+    if self_index is not None:
+        rows = torch.arange(m, device=a.device)
+        has_self = self_index >= 0
+        excluded[rows[has_self], self_index[has_self]] = True
+
+    if anchor_labels is not None:
+        same = anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)
+        positive = same & (anchor_labels >= 0).unsqueeze(1) & ~excluded
+        weights = positive.to(dtype)
+    elif positive_mask is not None:
+        weights = (positive_mask & ~excluded).to(dtype)
+    else:
+        weights = target_weights.to(dtype).masked_fill(excluded, 0.0)
+    weight_sum = weights.sum(dim=1)
+    valid = weight_sum > 0
+    safe_sum = weight_sum.clamp_min(torch.finfo(dtype).tiny)
+
+    # A large finite fill (not -inf) keeps every value and gradient finite, even
+    # for an anchor whose only candidate is itself.
+    very_negative = -torch.finfo(dtype).max
+    log_denominator = torch.logsumexp(logits.masked_fill(excluded, very_negative), dim=1)
+    if form == "out":  # weights are 0 on excluded entries, where logits are finite
+        positive_term = (weights * logits).sum(dim=1) / safe_sum
+    else:
+        log_w = torch.log(weights.clamp_min(torch.finfo(dtype).tiny)) - torch.log(
+            safe_sum
+        ).unsqueeze(1)
+        positive_term = torch.logsumexp(
+            torch.where(weights > 0, logits + log_w, very_negative), dim=1
+        )
+    losses = torch.where(valid, log_denominator - positive_term, torch.zeros_like(log_denominator))
     return ContrastiveOutput(losses, valid)
 
 
@@ -236,6 +356,7 @@ def supcon_per_anchor(
     form: str = "out",
     gather_distributed: bool = False,
     instance_mix: float = 0.0,
+    chunk_size: int | None = None,
 ) -> ContrastiveOutput:
     r"""SupCon / SimCLR per-anchor losses of the B·V views of a batch (SPEC sections 2-3).
 
@@ -266,6 +387,8 @@ def supcon_per_anchor(
             a valid anchor is :math:`(1-\lambda)` spread uniformly over its label
             positives plus :math:`\lambda` spread over the other views of its own
             image (SimCLR's positives), see :func:`mixed_label_targets`. 0 is SupCon.
+        chunk_size: anchor rows per chunk of the log-denominator
+            (:func:`~mscon.losses.chunked.resolve_chunk_size`; None: automatic).
 
     Returns:
         :class:`ContrastiveOutput` for this rank's B·V anchors.
@@ -303,6 +426,7 @@ def supcon_per_anchor(
                 ),
                 self_index=self_index,
                 form=form,
+                chunk_size=chunk_size,
             )
         return contrastive_cross_entropy(
             z,
@@ -312,6 +436,7 @@ def supcon_per_anchor(
             candidate_labels=cand_labels,
             self_index=self_index,
             form=form,
+            chunk_size=chunk_size,
         )
 
     # Global image index of every local view: views b*V..b*V+V-1 are image offset/V + b.
@@ -326,6 +451,7 @@ def supcon_per_anchor(
             candidate_labels=cand_image,
             self_index=self_index,
             form=form,
+            chunk_size=chunk_size,
         )
 
     mask = mask.to(z.device)
@@ -339,6 +465,7 @@ def supcon_per_anchor(
             positive_mask=view_mask | same_image,
             self_index=self_index,
             form=form,
+            chunk_size=chunk_size,
         )
     weights = torch.where(same_image, torch.ones_like(view_mask), view_mask)
     return contrastive_cross_entropy(
@@ -348,6 +475,7 @@ def supcon_per_anchor(
         target_weights=weights,
         self_index=self_index,
         form=form,
+        chunk_size=chunk_size,
     )
 
 
@@ -424,6 +552,7 @@ def supcon_loss(
     temperature: float | Tensor = 0.1,
     form: str = "out",
     gather_distributed: bool = False,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """SupCon loss (SPEC section 3): mean of :func:`supcon_per_anchor` over valid anchors.
 
@@ -442,12 +571,18 @@ def supcon_loss(
         temperature=temperature,
         form=form,
         gather_distributed=gather_distributed,
+        chunk_size=chunk_size,
     )
     return valid_means([out], gather_distributed=gather_distributed)[0][0]
 
 
 def ntxent_loss(
-    z0: Tensor, z1: Tensor, *, temperature: float | Tensor = 0.5, gather_distributed: bool = False
+    z0: Tensor,
+    z1: Tensor,
+    *,
+    temperature: float | Tensor = 0.5,
+    gather_distributed: bool = False,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """NT-Xent (SPEC section 2) of two views (B, d) each; unchecked functional form.
 
@@ -459,4 +594,5 @@ def ntxent_loss(
         torch.stack([z0, z1], dim=1),
         temperature=temperature,
         gather_distributed=gather_distributed,
+        chunk_size=chunk_size,
     )

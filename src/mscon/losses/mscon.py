@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mscon import distributed
 from mscon.losses import _checks
+from mscon.losses.chunked import check_chunk_size
 from mscon.losses.fmicl import FMICLLoss
 from mscon.losses.functional import supcon_per_anchor, valid_means
 from mscon.losses.weighting import WeightedTaskLoss
@@ -96,6 +97,9 @@ class MSConLoss(WeightedTaskLoss):
             A head whose labels the encoder cannot yet separate then still has a
             signal (the instance part) and does not collapse to the constant
             embedding whose loss is :math:`\log(N-1)`. 0 (default) is plain SupCon.
+        chunk_size: anchor rows per chunk of each log-denominator; None (default) picks
+            it from N and d, or from ``$MSCON_LOSS_CHUNK_ROWS`` when set
+            (:mod:`mscon.losses.chunked`).
 
     Attributes:
         log_vars: ``nn.Parameter`` (C,), :math:`s_c = \log\sigma_c^2` (train it without
@@ -131,6 +135,7 @@ class MSConLoss(WeightedTaskLoss):
         form: str = "out",
         gather_distributed: bool = False,
         instance_mix: float = 0.0,
+        chunk_size: int | None = None,
     ) -> None:
         owner = "MSConLoss"
         if (
@@ -156,6 +161,7 @@ class MSConLoss(WeightedTaskLoss):
         self.temperature = temperature
         self.form = form
         self.instance_mix = float(instance_mix)
+        self.chunk_size = check_chunk_size(owner, chunk_size)
 
     def _check(self, features: object, labels: object) -> tuple[list[Tensor], Tensor]:
         return check_heads("MSConLoss", self.num_similarities, features, labels)
@@ -172,6 +178,7 @@ class MSConLoss(WeightedTaskLoss):
                 form=self.form,
                 gather_distributed=self.gather_distributed,
                 instance_mix=self.instance_mix,
+                chunk_size=self.chunk_size,
             )
             for i, z in enumerate(heads)
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mscon.losses import _checks
+from mscon.losses.chunked import check_chunk_size
 from mscon.losses.functional import ntxent_loss
 
 __all__ = ["NTXentLoss"]
@@ -32,6 +33,9 @@ class NTXentLoss(nn.Module):
         gather_distributed: inside a multi-process group, contrast with the
             embeddings of all ranks (gathered with gradient); each rank returns its
             share times the world size.
+        chunk_size: anchor rows per chunk of the log-denominator; None (default) picks
+            it from N and d, or from ``$MSCON_LOSS_CHUNK_ROWS`` when set
+            (:mod:`mscon.losses.chunked`).
 
     Shapes:
         z0, z1: (B, d) each, any float dtype. Output: scalar (float32, or float64).
@@ -42,10 +46,17 @@ class NTXentLoss(nn.Module):
         tensor(1.9459)
     """
 
-    def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        *,
+        gather_distributed: bool = False,
+        chunk_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.temperature = _checks.check_temperature("NTXentLoss", temperature)
         self.gather_distributed = bool(gather_distributed)
+        self.chunk_size = check_chunk_size("NTXentLoss", chunk_size)
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         """Loss of the two views ``z0`` and ``z1`` (B, d)."""
@@ -65,7 +76,11 @@ class NTXentLoss(nn.Module):
         _checks.check_embeddings(owner, "z0", z0, "(B, d)")
         _checks.check_embeddings(owner, "z1", z1, "(B, d)")
         return ntxent_loss(
-            z0, z1, temperature=self.temperature, gather_distributed=self.gather_distributed
+            z0,
+            z1,
+            temperature=self.temperature,
+            gather_distributed=self.gather_distributed,
+            chunk_size=self.chunk_size,
         )
 
     def extra_repr(self) -> str:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mscon import distributed
 from mscon.losses import _checks
+from mscon.losses.chunked import check_chunk_size
 from mscon.losses.functional import supcon_per_anchor, valid_means
 
 __all__ = ["SupConLoss"]
@@ -116,6 +117,9 @@ class SupConLoss(nn.Module):
             anchors with the views of all ranks (gathered with gradient) and return
             this rank's share times the world size (the mean over ranks is the loss
             of the whole batch). ``mask`` then has one column per image of all ranks.
+        chunk_size: anchor rows per chunk of the log-denominator; None (default) picks
+            it from N and d, or from ``$MSCON_LOSS_CHUNK_ROWS`` when set
+            (:mod:`mscon.losses.chunked`).
 
     Shapes:
         features: (B, V, d), or (N, d) meaning V = 1; float16/bfloat16/float32/float64.
@@ -133,12 +137,18 @@ class SupConLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.1, form: str = "out", *, gather_distributed: bool = False
+        self,
+        temperature: float = 0.1,
+        form: str = "out",
+        *,
+        gather_distributed: bool = False,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.temperature = _checks.check_temperature("SupConLoss", temperature)
         self.form = _checks.check_choice("SupConLoss", "form", form, ("out", "in"))
         self.gather_distributed = bool(gather_distributed)
+        self.chunk_size = check_chunk_size("SupConLoss", chunk_size)
 
     def forward(
         self, features: Tensor, labels: Tensor | None = None, mask: Tensor | None = None
@@ -154,6 +164,7 @@ class SupConLoss(nn.Module):
             temperature=self.temperature,
             form=self.form,
             gather_distributed=self.gather_distributed,
+            chunk_size=self.chunk_size,
         )
         return valid_means([out], gather_distributed=self.gather_distributed)[0][0]
 
