@@ -6,10 +6,10 @@
   config on a tiny embedded dataset with ``cnn_small_gn`` (no batch statistics) and an
   odd global batch (shards of 8 and 7 images), against one process on the same global
   batches: the per-step logged loss within 1e-4 relative, every tensor of the final
-  checkpoint within 1e-4 in relative norm, the same checkpoint keys (no DDP prefix),
-  one metrics line per step and one TensorBoard file (rank 0 alone writes), eval.json
-  written by rank 0; and ``--resume`` on 2 processes of a run checkpointed by one
-  process ends where the single-process run ends.
+  checkpoint within 1e-4 in norm relative to max(its norm, 1), the same checkpoint
+  keys (no DDP prefix), one metrics line per step and one TensorBoard file (rank 0
+  alone writes), eval.json written by rank 0; and ``--resume`` on 2 processes of a
+  run checkpointed by one process ends where the single-process run ends.
 """
 
 from __future__ import annotations
@@ -119,18 +119,21 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return done
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
-
-
 def _assert_same_model(got: Path, want: Path) -> None:
+    """Same keys; every tensor within 1e-4 in norm relative to max(its norm, 1).
+
+    Relative for every tensor of norm >= 1; for the small tensors that start at zero
+    (GroupNorm shifts, norm ~0.02 here) 1e-4 absolute: their gradient is a sum that
+    GroupNorm nearly cancels, so float32 gets it only to ~3e-4 relative even in one
+    process (one step against float64, docs/distributed.md), whatever DDP does.
+    """
     a = runs.load_checkpoint(runs.checkpoint_path(got))["model"]
     b = runs.load_checkpoint(runs.checkpoint_path(want))["model"]
     assert list(a) == list(b)  # same keys, same order: no "module." prefix
     for key, value in b.items():
         if value.is_floating_point():
-            assert _relative(a[key], value) <= 1e-4, key
+            scale = max(float(value.double().norm()), 1.0)
+            assert float((a[key].double() - value.double()).norm()) <= 1e-4 * scale, key
         else:
             assert torch.equal(a[key], value), key
 
