@@ -92,3 +92,21 @@ def test_mscon_reads_its_supcon_form(tiny_config):
     encoder, dim = build_backbone("cnn_small")
     method = build_method(tiny_config("mscon", **{"method.form": "in"}), encoder, dim, [4, 3, 2])
     assert method.loss_fn.form == "in"
+
+
+@pytest.mark.parametrize("base_loss", ["supcon", "fmicl"])
+def test_mscon_head_center_momentum_from_config(base_loss, tiny_config):
+    from mscon.models.heads import RunningCenter
+
+    config = tiny_config("mscon", **{"method.base_loss": base_loss})
+    plain = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    assert not any(isinstance(m, RunningCenter) for m in plain.modules())
+    config.method.head_center_momentum = 0.9
+    method = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    centers = [m for m in method.modules() if isinstance(m, RunningCenter)]
+    assert len(centers) == 3 and all(c.momentum == 0.9 for c in centers)
+    views, labels = batch()
+    loss = method(views, labels)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(c.center.abs().sum() > 0 for c in centers)  # updated by the training step

@@ -36,7 +36,9 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     :class:`~mscon.losses.MSConFMICLLoss`). ``weighting`` defaults per base loss
     (:data:`DEFAULT_WEIGHTING`): ``relative`` for supcon, chosen by the weights
     study (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the
-    paper's form.
+    paper's form. ``head_center_momentum`` (None: off) subtracts a running mean from
+    each head's output before the loss normalises it
+    (:class:`~mscon.models.heads.RunningCenter`), against the coarse-head collapse.
     """
 
     name: Literal["mscon"] = "mscon"
@@ -46,6 +48,7 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     weighting: str = DEFAULT_WEIGHTING["supcon"]
     instance_similarity: bool = False
     instance_mix: float = Field(0.0, ge=0, lt=1)
+    head_center_momentum: float | None = Field(None, ge=0, lt=1)
 
     @classmethod
     def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
@@ -84,7 +87,9 @@ class MSCon(Method):
     With ``instance_similarity`` one more head (logged as ``instance``) treats
     the views of each image as its only positives (SimCLR's similarity), weighted
     like the labelled ones. With ``instance_mix`` > 0 each head's target mixes in
-    the anchor's own views (see :class:`~mscon.losses.MSConLoss`).
+    the anchor's own views (see :class:`~mscon.losses.MSConLoss`). With
+    ``head_center_momentum`` each head's output is centred by a running mean
+    (:class:`~mscon.models.heads.RunningCenter`).
     """
 
     INSTANCE = "instance"
@@ -105,12 +110,15 @@ class MSCon(Method):
         batch_norm: bool = False,
         instance_similarity: bool = False,
         instance_mix: float = 0.0,
+        head_center_momentum: float | None = None,
         fmicl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
-        self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
+        self.heads = MultiHead(
+            feature_dim, heads, projection_dim, hidden_dim, batch_norm, head_center_momentum
+        )
         self.loss_fn: MSConLoss | MSConFMICLLoss
         if fmicl is not None:
             self.loss_fn = MSConFMICLLoss(
@@ -143,6 +151,7 @@ class MSCon(Method):
             weights=m.weights,
             instance_similarity=m.instance_similarity,
             instance_mix=m.instance_mix,
+            head_center_momentum=m.head_center_momentum,
             fmicl=m.fmicl_kwargs() if m.base_loss == "fmicl" else None,
         )
         return with_task_weight_options(method, m)
