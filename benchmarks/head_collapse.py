@@ -22,7 +22,11 @@ Examples:
     python benchmarks/head_collapse.py --out runs/collapse --seeds 0 \\
         --variant base --variant lowtemp method.temperature=0.05
 
-Outputs OUT/LABEL/seedN.json (every measurement) and OUT/collapse.md.
+    # the heads of finished runs (e.g. a method_grid.py study), at their last checkpoint:
+    python benchmarks/head_collapse.py --runs runs/study/*/seed*
+
+Outputs OUT/LABEL/seedN.json (every measurement) and OUT/collapse.md; ``--runs``
+prints one row per run and head.
 """
 
 from __future__ import annotations
@@ -129,6 +133,33 @@ def _norm(grads: tuple[torch.Tensor, ...]) -> float:
     return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
 
 
+def measure_run(run_dir: Path, batch: int = 256) -> list[dict[str, float]]:
+    """:func:`measure` on the heads of an ``mscon`` run folder's last checkpoint."""
+    from mscon import runs
+
+    config = runs.load_run_config(run_dir)
+    classes = json.loads((run_dir / "classes.json").read_text())
+    method = build_model(config, [len(classes[c]) for c in config.data.similarities])
+    method.load_state_dict(runs.load_checkpoint(runs.checkpoint_path(run_dir))["model"])
+    views, labels = fixed_batch(config, batch)
+    return measure(method, views, labels, config.method.temperature)  # type: ignore[attr-defined]
+
+
+def runs_table(run_dirs: list[Path], batch: int = 256) -> str:
+    """Markdown: r, mean norm and effective rank of every head of every run."""
+    from mscon import runs
+
+    lines = ["| run | head | r | mean | rank |", "|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        columns = runs.load_run_config(run_dir).data.similarities
+        for column, head in zip(columns, measure_run(run_dir, batch), strict=True):
+            lines.append(
+                f"| {run_dir} | {column} | {head['r']:.3f} | {head['mean']:.3f} | "
+                f"{head['rank']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def train_and_measure(config: Config, every: int, batch: int = 256) -> dict[str, Any]:
     """Train ``config`` (method ``mscon``) as ``mscon.train`` does, measuring every ``every``
     steps (and at step 0 and the last step); returns the columns and the records."""
@@ -232,7 +263,8 @@ def trajectory(results: dict[str, list[dict[str, Any]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="folder of the measurements (with --variant)")
+    parser.add_argument("--runs", type=Path, nargs="+", help="measure these mscon run folders")
     parser.add_argument("--base", default="synthetic", help="base config (file or shipped name)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--every", type=int, default=10, help="steps between measurements")
@@ -241,12 +273,16 @@ def main() -> None:
         "--variant",
         nargs="+",
         action="append",
-        required=True,
         metavar=("LABEL", "KEY=VALUE"),
         help="a label and its overrides",
     )
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
+    if args.runs:
+        print(runs_table(args.runs, args.batch))
+        return
+    if not (args.variant and args.out):
+        parser.error("give --out and at least one --variant, or --runs")
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:  # seeds outermost: a cut-short grid still compares variants
         for label, *overrides in args.variant:

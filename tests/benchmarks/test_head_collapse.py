@@ -52,3 +52,15 @@ def test_tiny_run_matches_mscon_train_and_measures_every_head(tiny_config, tmp_p
     table = head_collapse.summarise({"tiny": [run]})
     assert "| tiny | size | " in table and "/1 |" in table
     json.dumps(run)  # what the script writes
+
+
+def test_measure_run_reads_the_last_checkpoint(tiny_config):
+    from mscon.train import train
+
+    config = tiny_config()
+    run_dir = train(config)
+    table = head_collapse.runs_table([run_dir], batch=32)
+    assert table.count(f"| {run_dir} |") == 3 and "| size |" in table
+    measured = head_collapse.train_and_measure(config, every=8, batch=32)["records"][-1]
+    for head, again in zip(measured["heads"], head_collapse.measure_run(run_dir, 32), strict=True):
+        assert again["r"] == pytest.approx(head["r"], rel=1e-4)
