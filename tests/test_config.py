@@ -31,6 +31,7 @@ def test_overrides_are_yaml():
         ("train.lr=[1", "not YAML"),
         ("method.instance_mix=1.0", "method.instance_mix"),
         ("method.head_center_momentum=1.0", "method.head_center_momentum"),
+        ("method.prototype_weight=-1", "method.prototype_weight"),
         ("data.synthetic_structure=nested", "data.synthetic_structure"),
     ],
 )

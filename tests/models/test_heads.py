@@ -106,3 +106,23 @@ def test_running_center_averages_over_ranks(tmp_path) -> None:
     for r, (lo, hi) in enumerate([(0, 3), (3, 10)]):
         torch.testing.assert_close(ranks[r]["center"], single.center)
         torch.testing.assert_close(ranks[r]["outputs"][1], outputs[1][lo:hi])
+
+
+def test_prototypes_give_cosine_logits_and_a_gradient_at_the_constant_embedding() -> None:
+    from mscon.models.heads import Prototypes
+
+    protos = Prototypes([3, 2], dim=4, temperature=0.5)
+    with torch.no_grad():
+        protos.prototypes[0].copy_(torch.tensor([[2.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 1.0, 0]]))
+    z = torch.tensor([[[1.0, 1.0, 0, 0]], [[0, 0, 0, 5.0]]])  # (C=2, n=1, d=4)
+    logits = protos(z)
+    torch.testing.assert_close(logits[0], torch.tensor([[0.5**0.5, 0.5**0.5, 0.0]]) / 0.5)
+    assert logits[1].shape == (1, 2)
+    # every view at one point: SupCon has no gradient there, the prototype loss has
+    z = torch.ones(2, 6, 4, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = torch.nn.functional.cross_entropy(protos(z)[0], labels)
+    loss.backward()
+    assert z.grad.abs().sum() > 1e-3
+    with pytest.raises(ValueError, match="temperature"):
+        Prototypes([3], dim=4, temperature=0.0)

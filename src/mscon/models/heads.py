@@ -7,6 +7,8 @@
 * :class:`RunningCenter`: subtracts a running mean of its input (DINO's centring), so a
   head cannot map every view to one direction; MultiHead's ``center_momentum``.
 * :class:`LinearHeads`: one linear classifier per task for multi-task cross-entropy.
+* :class:`Prototypes`: learned class prototypes per similarity, cosine logits of a head's
+  embeddings (MSCon's ``prototype_weight``).
 
 Example:
     >>> import torch
@@ -187,3 +189,42 @@ class LinearHeads(nn.Module):
     def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
         """Map features (B, D) to a list of C logit tensors (B, K_c)."""
         return [classifier(h) for classifier in self.classifiers]
+
+
+class Prototypes(nn.Module):
+    r"""Learned class prototypes per similarity: cosine logits of each head's embeddings.
+
+    logits_c = normalize(z_c) normalize(P_c)^T / tau, with P_c (K_c, d) a parameter.
+    Cross-entropy on these logits has a gradient wherever the classes' prototypes
+    differ, including at the constant embedding where SupCon's is zero.
+
+    Args:
+        num_classes: K_c for each of the C similarities.
+        dim: d, the embedding size.
+        temperature: tau > 0.
+
+    Example:
+        >>> import torch
+        >>> [t.shape for t in Prototypes([3, 5], dim=4)(torch.randn(2, 6, 4))]
+        [torch.Size([6, 3]), torch.Size([6, 5])]
+    """
+
+    def __init__(self, num_classes: Sequence[int], dim: int, temperature: float = 0.1) -> None:
+        super().__init__()
+        if len(num_classes) == 0 or min(num_classes) < 1 or temperature <= 0:
+            raise ValueError(
+                f"expected classes >= 1 per similarity and temperature > 0, got "
+                f"num_classes={list(num_classes)}, temperature={temperature}"
+            )
+        self.temperature = temperature
+        self.prototypes = nn.ParameterList(
+            nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in num_classes
+        )
+
+    def forward(self, z: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Map embeddings (C, n, d) (not normalised) to C logit tensors (n, K_c)."""
+        normalize = nn.functional.normalize
+        return [
+            normalize(z[c], dim=-1) @ normalize(p, dim=-1).T / self.temperature
+            for c, p in enumerate(self.prototypes)
+        ]
