@@ -12,6 +12,7 @@ the same data order and augmentation seeds) in a loop of its own that stops ever
   loss (weighting, instance_mix, remedies), so every variant is measured alike.
 * ``mean`` / ``spread``: the norm of the mean L2-normalised embedding and the RMS
   distance of the embeddings from it (mean² + spread² = 1; collapse: mean -> 1);
+  ``raw_mean``: the norm of the mean raw (unnormalised) output;
 * ``rank``: the effective rank (exp of the entropy of the normalised singular
   values) of the L2-normalised embeddings (1 for a collapsed head);
 * ``g_head`` / ``g_enc``: the gradient norm of that head's plain SupCon loss on the
@@ -101,7 +102,7 @@ def effective_rank(z: torch.Tensor) -> float:
 def measure(
     method: Method, views: torch.Tensor, labels: torch.Tensor, temperature: float
 ) -> list[dict[str, float]]:
-    """Per head: r, loss, mean, spread, rank, g_head, g_enc on the fixed batch."""
+    """Per head: r, loss, mean, spread, raw_mean, rank, g_head, g_enc on the fixed batch."""
     was_training = method.training
     method.eval()
     encoder_params = [p for p in method.encoder.parameters() if p.requires_grad]
@@ -120,6 +121,7 @@ def measure(
                 "loss": loss.item(),
                 "mean": mean.norm().item(),
                 "spread": (flat - mean).pow(2).sum(1).mean().sqrt().item(),
+                "raw_mean": g.detach().flatten(0, 1).mean(0).norm().item(),
                 "rank": effective_rank(flat),
                 "g_head": _norm(grads[: len(head_params)]),
                 "g_enc": _norm(grads[len(head_params) :]),

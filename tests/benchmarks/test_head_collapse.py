@@ -47,7 +47,7 @@ def test_tiny_run_matches_mscon_train_and_measures_every_head(tiny_config, tmp_p
         for head in record["heads"]:
             assert 0.5 < head["r"] < 1.5 and head["g_head"] > 0 and head["g_enc"] > 0
             assert head["mean"] ** 2 + head["spread"] ** 2 == pytest.approx(1.0, abs=1e-4)
-            assert 1.0 <= head["rank"] <= 128
+            assert 1.0 <= head["rank"] <= 128 and head["raw_mean"] > 0
     run.update(seed=0)
     table = head_collapse.summarise({"tiny": [run]})
     assert "| tiny | size | " in table and "/1 |" in table
