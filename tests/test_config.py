@@ -30,6 +30,9 @@ def test_overrides_are_yaml():
         ("noequals", "expected KEY=VALUE"),
         ("train.lr=[1", "not YAML"),
         ("method.instance_mix=1.0", "method.instance_mix"),
+        ("method.head_center_momentum=1.0", "method.head_center_momentum"),
+        ("method.prototype_weight=-1", "method.prototype_weight"),
+        ("data.synthetic_structure=nested", "data.synthetic_structure"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

@@ -11,7 +11,8 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 def test_configs_are_shipped():
     names = {p.name for p in CONFIGS}
-    assert {"demo.yaml", "synthetic.yaml", "zappos50k-mscon.yaml", "medic-mscon.yaml"} <= names
+    assert {"demo.yaml", "synthetic.yaml", "synthetic_grouped.yaml"} <= names
+    assert {"zappos50k-mscon.yaml", "medic-mscon.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -21,5 +22,6 @@ def test_config_validates(path: Path):
     if config.data.path is None:  # the embedded data: every column must exist
         from mscon.data.synthetic import make_synthetic
 
-        columns = set(make_synthetic(16, seed=0).columns())
+        structure = config.data.synthetic_structure
+        columns = set(make_synthetic(16, seed=0, structure=structure).columns())
         assert set(config.data.similarities) | set(config.data.eval_tasks) <= columns

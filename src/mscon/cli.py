@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=_positive_int, default=6000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=_positive_int, default=32)
+    synth.add_argument(
+        "--structure",
+        choices=["standard", "grouped"],
+        default="standard",
+        help="label columns: standard, or grouped (adds the coarse form and tone)",
+    )
     for name, source in (("zappos50k", "UT-Zappos50K"), ("medic", "MEDIC")):
         converter = data_commands.add_parser(name, help=f"convert the {source} release")
         converter.add_argument("src", help=f"the unpacked {source} folder")
@@ -135,7 +141,7 @@ def _data(args: argparse.Namespace) -> None:
     from mscon import data
 
     if args.data_command == "synth":
-        out = data.write_synthetic(args.out, args.size, args.seed, args.image_size)
+        out = data.write_synthetic(args.out, args.size, args.seed, args.image_size, args.structure)
     elif args.data_command == "zappos50k":
         policy = {}
         for item in args.multi_valued:

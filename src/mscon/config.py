@@ -91,6 +91,7 @@ class DataConfig(_Section):
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     corrupt: dict[str, float] = Field(default_factory=dict)
     synthetic_size: int = Field(6000, ge=16)
+    synthetic_structure: Literal["standard", "grouped"] = "standard"
 
     @field_validator("similarities")
     @classmethod

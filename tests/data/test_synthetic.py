@@ -95,3 +95,44 @@ def test_bad_arguments():
         make_synthetic(10, combos=(("shape", "nope"),))
     with pytest.raises(ValueError, match="size"):
         render(0)
+
+
+def test_grouped_structure_adds_groupings_of_the_same_images():
+    standard = make_synthetic(300, seed=1, image_size=8)
+    grouped = make_synthetic(300, seed=1, image_size=8, structure="grouped")
+    assert grouped.columns() == [*standard.columns()[:-1], "form", "tone", "angle"]
+    assert torch.equal(grouped.images, standard.images)
+    assert grouped.classes["tone"] == ["blue", "green", "warm"]
+    assert grouped.classes["form"] == ["pointed", "round", "straight"]
+    tone = {"red": "warm", "orange": "warm", "magenta": "warm", "lime": "green"}
+    tone |= {"green": "green", "cyan": "green", "azure": "blue", "violet": "blue"}
+    form = {"star": "pointed", "triangle": "pointed", "arch": "round", "crescent": "round"}
+    form |= {"half_disc": "round", "bar": "straight", "cross": "straight", "square": "straight"}
+    for i in range(len(grouped)):
+        color = grouped.classes["color"][int(grouped.labels["color"][i])]
+        shape = grouped.classes["shape"][int(grouped.labels["shape"][i])]
+        assert grouped.classes["tone"][int(grouped.labels["tone"][i])] == tone[color]
+        assert grouped.classes["form"][int(grouped.labels["form"][i])] == form[shape]
+    with pytest.raises(ValueError, match="structure"):
+        make_synthetic(10, structure="nested")
+
+
+def test_structure_from_the_config_and_written_by_the_cli(tmp_path):
+    from mscon.cli import main
+    from mscon.config import load_config
+    from mscon.data import load_experiment_data
+    from mscon.errors import ConfigError
+
+    config = load_config("synthetic_grouped", ["data.synthetic_size=40"])
+    data = load_experiment_data(config.data, seed=0)
+    assert {"shape_color", "form", "tone", "size", "pattern"} <= set(data.columns())
+    with pytest.raises(ConfigError, match="data.synthetic_structure"):
+        load_config(None, ["data.synthetic_structure=nested"])
+    folder = tmp_path / "grouped"
+    args = ["data", "synth", "--out", str(folder), "--size", "12", "--image-size", "8"]
+    assert main([*args, "--structure", "grouped"]) == 0
+    header = (folder / "labels.csv").read_text().splitlines()[0]
+    assert header == "path,split,shape,color,size,pattern,shape_color,form,tone,angle"
+    loaded = load_dataset(folder, image_size=8)
+    embedded = make_synthetic(12, seed=0, image_size=8, structure="grouped")
+    assert torch.equal(loaded.labels["tone"], embedded.labels["tone"])

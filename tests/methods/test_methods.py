@@ -92,3 +92,46 @@ def test_mscon_reads_its_supcon_form(tiny_config):
     encoder, dim = build_backbone("cnn_small")
     method = build_method(tiny_config("mscon", **{"method.form": "in"}), encoder, dim, [4, 3, 2])
     assert method.loss_fn.form == "in"
+
+
+@pytest.mark.parametrize("base_loss", ["supcon", "fmicl"])
+def test_mscon_head_center_momentum_from_config(base_loss, tiny_config):
+    from mscon.models.heads import RunningCenter
+
+    config = tiny_config("mscon", **{"method.base_loss": base_loss})
+    plain = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    assert not any(isinstance(m, RunningCenter) for m in plain.modules())
+    config.method.head_center_momentum = 0.9
+    method = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    centers = [m for m in method.modules() if isinstance(m, RunningCenter)]
+    assert len(centers) == 3 and all(c.momentum == 0.9 for c in centers)
+    views, labels = batch()
+    loss = method(views, labels)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(c.center.abs().sum() > 0 for c in centers)  # updated by the training step
+
+
+def test_mscon_prototype_weight_adds_a_prototype_cross_entropy(tiny_config):
+    config = tiny_config("mscon", **{"method.weighting": "equal"})
+    torch.manual_seed(0)
+    plain = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    assert plain.prototypes is None
+    config.method.prototype_weight = 0.5
+    torch.manual_seed(0)
+    method = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
+    assert [p.shape for p in method.prototypes.prototypes] == [(4, 128), (3, 128), (2, 128)]
+    views, labels = batch()
+    labels = labels.clone()
+    labels[0, 1] = -1  # a missing label takes part in no cross-entropy
+    total = method(views, labels)["loss"]
+    z = method.heads(method.encode_views(views).flatten(0, 1))  # (C, B*V, d), image-major
+    expected = plain(views, labels)["loss"]
+    view_labels = labels.repeat_interleave(views.shape[1], dim=0)
+    for c, logits in enumerate(method.prototypes(z)):
+        known = view_labels[:, c] >= 0
+        ce = torch.nn.functional.cross_entropy(logits[known], view_labels[known, c])
+        expected = expected + 0.5 * ce
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in method.prototypes.parameters())

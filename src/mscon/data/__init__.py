@@ -59,11 +59,13 @@ def make_synthetic(*args, **kwargs) -> LabelledImages:
     return synthetic.make_synthetic(*args, **kwargs)
 
 
-def write_synthetic(out: str | Path, size: int, seed: int = 0, image_size: int = 32) -> Path:
+def write_synthetic(
+    out: str | Path, size: int, seed: int = 0, image_size: int = 32, structure: str = "standard"
+) -> Path:
     """Write the embedded dataset as a manifest folder; see :mod:`mscon.data.synthetic`."""
     from mscon.data import synthetic
 
-    return synthetic.write_synthetic(out, size, seed, image_size)
+    return synthetic.write_synthetic(out, size, seed, image_size, structure)
 
 
 def load_dataset(
@@ -73,6 +75,7 @@ def load_dataset(
     seed: int = 0,
     corrupt: Mapping[str, float] | None = None,
     synthetic_size: int = 6000,
+    synthetic_structure: str = "standard",
 ) -> LabelledImages:
     """The dataset of ``data.path``: a manifest folder, or the embedded one when None.
 
@@ -86,13 +89,21 @@ def load_dataset(
         corrupt: {column: rate}: that share of the column's non-missing train
             labels moves to a uniformly random other class (deterministic).
         synthetic_size: images of the embedded dataset.
+        synthetic_structure: its label columns (``standard`` or ``grouped``; see
+            :mod:`mscon.data.synthetic`).
 
     Raises:
         DataError: bad manifest, images, split or corrupt settings (one line,
             naming the file, key or column).
     """
     if path is None:
-        data = make_synthetic(int(synthetic_size), seed=seed, image_size=image_size, split=split)
+        data = make_synthetic(
+            int(synthetic_size),
+            seed=seed,
+            image_size=image_size,
+            split=split,
+            structure=synthetic_structure,
+        )
         check_splits(data.split, f"data.split ({synthetic_size} synthetic images)")
     else:
         data = load_manifest(path, image_size=image_size, split=split, seed=seed)
@@ -118,6 +129,7 @@ def load_experiment_data(data: DataConfig, seed: int, clean: bool = False) -> La
         seed=seed,
         corrupt=None if clean else (data.corrupt or None),
         synthetic_size=data.synthetic_size,
+        synthetic_structure=data.synthetic_structure,
     )
     dataset.check_columns(data.similarities, "data.similarities")
     dataset.check_columns(data.eval_tasks, "data.eval_tasks")

@@ -17,6 +17,18 @@ column          classes  what it is
 ``angle``       float    rotation of the object in degrees, uniform in [0, 35)
 ==============  =======  ==============================================================
 
+``structure`` chooses the label columns derived from these attributes (the images
+are the same for every structure):
+
+* ``standard`` (default): the columns above; the suite trains on a fine
+  similarity (``shape_color``) that nests a medium one (``color``) and a coarse
+  one (``size``) that is not nested in it.
+* ``grouped``: also two coarse groupings nested in ``shape_color``: ``tone`` (3
+  classes: warm = red, orange, magenta; green = lime, green, cyan; blue = azure,
+  violet), readable from the colour from the first steps, and ``form`` (3
+  classes: round = arch, crescent, half_disc; straight = bar, cross, square;
+  pointed = star, triangle), which needs the shape.
+
 Nuisance variation (so no attribute is readable from raw pixels by a linear
 model): position, background hue / brightness / gradient / low-frequency blotches,
 object saturation and brightness, +-6 degrees of hue within a colour class,
@@ -89,6 +101,27 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 ANGLE_RANGE = (0.0, 35.0)
 DEFAULT_COMBOS: tuple[tuple[str, str], ...] = (("shape", "color"),)
+# a grouping column: (the attribute it groups, {group name: the attribute's classes})
+GROUPINGS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "tone": (
+        "color",
+        {
+            "blue": ("azure", "violet"),
+            "green": ("cyan", "green", "lime"),
+            "warm": ("magenta", "orange", "red"),
+        },
+    ),
+    "form": (
+        "shape",
+        {
+            "pointed": ("star", "triangle"),
+            "round": ("arch", "crescent", "half_disc"),
+            "straight": ("bar", "cross", "square"),
+        },
+    ),
+}
+# structure -> the grouping columns it adds (see the module docstring)
+STRUCTURES: dict[str, tuple[str, ...]] = {"standard": (), "grouped": ("form", "tone")}
 BLOCK = 1000  # images drawn per seeded block: image i depends only on (seed, i)
 PERIODS = 8.0  # pattern periods across the image side
 INK = 0.55  # how much the pattern darkens the object colour
@@ -100,6 +133,7 @@ def make_synthetic(
     image_size: int = 32,
     split: Mapping[str, float] | None = None,
     combos: Sequence[tuple[str, str]] = DEFAULT_COMBOS,
+    structure: str = "standard",
 ) -> LabelledImages:
     """The embedded dataset as :class:`LabelledImages`, split by seeded fractions.
 
@@ -109,12 +143,22 @@ def make_synthetic(
         image_size: side in pixels.
         split: {train, val, test} fractions; default 0.7 / 0.1 / 0.2.
         combos: pairs of attributes exposed as a combined column ``A_B``.
+        structure: a key of :data:`STRUCTURES`: ``standard`` or ``grouped`` (adds the
+            coarse groupings ``form`` and ``tone``).
 
     Returns:
-        LabelledImages with columns shape, color, size, pattern, the combos, angle.
+        LabelledImages with columns shape, color, size, pattern, the combos, the
+        structure's groupings, angle.
+
+    Example:
+        >>> data = make_synthetic(16, image_size=8, structure="grouped")
+        >>> data.classes["tone"], len(data.classes["form"])
+        (['blue', 'green', 'warm'], 3)
     """
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure: expected one of {', '.join(STRUCTURES)}, got {structure!r}")
     images, attrs = _cached_render(size, seed, image_size)
-    labels, classes = _columns(attrs, combos)
+    labels, classes = _columns(attrs, combos, STRUCTURES[structure])
     return LabelledImages(
         images=images,
         labels=labels,
@@ -149,8 +193,10 @@ def render(size: int, seed: int = 0, image_size: int = 32) -> tuple[torch.Tensor
     return images, {k: np.concatenate(v) for k, v in attrs.items()}
 
 
-def write_synthetic(out: str | Path, size: int, seed: int = 0, image_size: int = 32) -> Path:
-    """Write the embedded dataset as a manifest folder; returns the folder.
+def write_synthetic(
+    out: str | Path, size: int, seed: int = 0, image_size: int = 32, structure: str = "standard"
+) -> Path:
+    """Write the embedded dataset (of ``structure``) as a manifest folder; returns the folder.
 
     ``images/NNNNNN.png`` plus ``labels.csv`` with a ``split`` column (the
     default 0.7 / 0.1 / 0.2 fractions shuffled by ``seed``), class names as
@@ -173,7 +219,7 @@ def write_synthetic(out: str | Path, size: int, seed: int = 0, image_size: int =
         raise ValueError(f"size: expected a positive number of images, got {size}")
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    data = make_synthetic(size, seed=seed, image_size=image_size)
+    data = make_synthetic(size, seed=seed, image_size=image_size, structure=structure)
     width = max(6, len(str(size - 1)))
     paths = [f"images/{i:0{width}d}.png" for i in range(size)]
     pixels = data.images.permute(0, 2, 3, 1).numpy()
@@ -209,9 +255,12 @@ def _cached_render(size: int, seed: int, image_size: int) -> tuple[torch.Tensor,
 
 
 def _columns(
-    attrs: Mapping[str, np.ndarray], combos: Sequence[tuple[str, str]]
+    attrs: Mapping[str, np.ndarray],
+    combos: Sequence[tuple[str, str]],
+    groupings: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Label tensors and class names; combos are ``A_B`` columns with sorted names."""
+    """Label tensors and class names; combos are ``A_B`` columns with sorted names,
+    groupings (keys of :data:`GROUPINGS`) map an attribute's classes to groups."""
     labels = {k: torch.as_tensor(attrs[k], dtype=torch.long) for k in ATTRIBUTES}
     classes = {k: list(v) for k, v in ATTRIBUTES.items()}
     for a, b in combos:
@@ -222,6 +271,13 @@ def _columns(
         rank = torch.as_tensor([order.index(n) for n in names])
         labels[f"{a}_{b}"] = rank[labels[a] * len(ATTRIBUTES[b]) + labels[b]]
         classes[f"{a}_{b}"] = order
+    for name in groupings:
+        attribute, groups = GROUPINGS[name]
+        order = sorted(groups)
+        group_of = {member: order.index(g) for g, members in groups.items() for member in members}
+        lookup = torch.as_tensor([group_of[c] for c in ATTRIBUTES[attribute]])
+        labels[name] = lookup[labels[attribute]]
+        classes[name] = order
     labels["angle"] = torch.as_tensor(attrs["angle"], dtype=torch.float32)
     return labels, classes
 

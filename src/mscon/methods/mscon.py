@@ -10,7 +10,7 @@ from torch import nn
 
 from mscon import distributed
 from mscon.config import Config, TaskWeightsConfig
-from mscon.losses import MSConFMICLLoss, MSConLoss
+from mscon.losses import MSConFMICLLoss, MSConLoss, MultiTaskCELoss
 from mscon.methods.base import (
     Method,
     register_method,
@@ -19,7 +19,7 @@ from mscon.methods.base import (
     with_task_weight_options,
 )
 from mscon.methods.fmicl import FMICL_KEYS, FMICLOptions, tsallis_only
-from mscon.models.heads import MultiHead
+from mscon.models.heads import MultiHead, Prototypes
 
 # method.weighting when the config leaves it out, per base loss: chosen by measurement
 # (docs/results.md). f-MICL losses can be negative: only MSConFMICLLoss.WEIGHTINGS apply.
@@ -36,7 +36,11 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     :class:`~mscon.losses.MSConFMICLLoss`). ``weighting`` defaults per base loss
     (:data:`DEFAULT_WEIGHTING`): ``relative`` for supcon, chosen by the weights
     study (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the
-    paper's form.
+    paper's form. ``head_center_momentum`` (None: off) subtracts a running mean from
+    each head's output before the loss normalises it
+    (:class:`~mscon.models.heads.RunningCenter`), against the coarse-head collapse.
+    ``prototype_weight`` > 0 adds that times a cross-entropy on learned class
+    prototypes of each head's embeddings (:class:`~mscon.models.heads.Prototypes`).
     """
 
     name: Literal["mscon"] = "mscon"
@@ -46,6 +50,8 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     weighting: str = DEFAULT_WEIGHTING["supcon"]
     instance_similarity: bool = False
     instance_mix: float = Field(0.0, ge=0, lt=1)
+    head_center_momentum: float | None = Field(None, ge=0, lt=1)
+    prototype_weight: float = Field(0.0, ge=0)
 
     @classmethod
     def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
@@ -84,7 +90,13 @@ class MSCon(Method):
     With ``instance_similarity`` one more head (logged as ``instance``) treats
     the views of each image as its only positives (SimCLR's similarity), weighted
     like the labelled ones. With ``instance_mix`` > 0 each head's target mixes in
-    the anchor's own views (see :class:`~mscon.losses.MSConLoss`).
+    the anchor's own views (see :class:`~mscon.losses.MSConLoss`). With
+    ``head_center_momentum`` each head's output is centred by a running mean
+    (:class:`~mscon.models.heads.RunningCenter`). With ``prototype_weight`` λ > 0
+    the loss is the weighted MSCon loss plus λ Σ_c CE_c, CE_c the cross-entropy of
+    the cosine logits of head c's embeddings (every view) against learned class
+    prototypes at ``temperature`` (:class:`~mscon.models.heads.Prototypes`; missing
+    labels left out): a gradient for a head where SupCon has none.
     """
 
     INSTANCE = "instance"
@@ -105,12 +117,26 @@ class MSCon(Method):
         batch_norm: bool = False,
         instance_similarity: bool = False,
         instance_mix: float = 0.0,
+        head_center_momentum: float | None = None,
+        num_classes: list[int] | None = None,
+        prototype_weight: float = 0.0,
         fmicl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
-        self.heads = MultiHead(feature_dim, heads, projection_dim, hidden_dim, batch_norm)
+        self.heads = MultiHead(
+            feature_dim, heads, projection_dim, hidden_dim, batch_norm, head_center_momentum
+        )
+        self.prototype_weight = prototype_weight
+        self.prototypes: Prototypes | None = None
+        if prototype_weight > 0:
+            if num_classes is None or len(num_classes) != len(columns):
+                raise ValueError(
+                    f"prototype_weight needs num_classes per column, got {num_classes}"
+                )
+            self.prototypes = Prototypes(num_classes, projection_dim, temperature)
+            self.prototype_loss = MultiTaskCELoss(num_classes, weighting="equal")
         self.loss_fn: MSConLoss | MSConFMICLLoss
         if fmicl is not None:
             self.loss_fn = MSConFMICLLoss(
@@ -143,6 +169,9 @@ class MSCon(Method):
             weights=m.weights,
             instance_similarity=m.instance_similarity,
             instance_mix=m.instance_mix,
+            head_center_momentum=m.head_center_momentum,
+            num_classes=num_classes,
+            prototype_weight=m.prototype_weight,
             fmicl=m.fmicl_kwargs() if m.base_loss == "fmicl" else None,
         )
         return with_task_weight_options(method, m)
@@ -153,11 +182,20 @@ class MSCon(Method):
         batch, num_views = views.shape[:2]
         z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
+        prototype_loss = None
+        if self.prototypes is not None:  # per-rank mean: DDP's gradient average is global
+            columns = len(self.columns)
+            logits = self.prototypes(z[:columns].flatten(1, 2))  # (B*V, K_c) per column
+            view_labels = labels.repeat_interleave(num_views, dim=0)
+            prototype_loss = self.prototype_loss(logits, view_labels)
         if self.instance_similarity:  # one class per image of the global batch
             first = distributed.row_offset(batch, labels.device)
             instance = torch.arange(first, first + batch, device=labels.device).unsqueeze(1)
             labels = torch.cat([labels, instance], dim=1)
-        return {"loss": self.loss_fn(z, labels)}
+        loss = self.loss_fn(z, labels)
+        if prototype_loss is not None:
+            loss = loss + self.prototype_weight * prototype_loss
+        return {"loss": loss}
 
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         return [self.loss_fn.log_vars]

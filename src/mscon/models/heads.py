@@ -4,7 +4,11 @@
   H = D unless given, d = 128 (SPEC section 4). SCE's projector uses the BatchNorm.
 * :class:`MultiHead`: one projection head per similarity, outputs stacked to (C, B, d), the
   input :class:`~mscon.losses.MSConLoss` takes. Outputs are not normalised (the losses do it).
+* :class:`RunningCenter`: subtracts a running mean of its input (DINO's centring), so a
+  head cannot map every view to one direction; MultiHead's ``center_momentum``.
 * :class:`LinearHeads`: one linear classifier per task for multi-task cross-entropy.
+* :class:`Prototypes`: learned class prototypes per similarity, cosine logits of a head's
+  embeddings (MSCon's ``prototype_weight``).
 
 Example:
     >>> import torch
@@ -21,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from mscon import distributed
 
 
 class ProjectionHead(nn.Module):
@@ -60,6 +66,56 @@ class ProjectionHead(nn.Module):
         return self.net(h)
 
 
+class RunningCenter(nn.Module):
+    """y = x - c, with c a running mean of x over training batches (not a parameter).
+
+    In training mode, after subtracting, c <- m c + (1 - m) mean_batch(x) (without
+    gradient; averaged over all ranks under torch.distributed), as DINO centres its
+    teacher. A head that maps every view to one vector then outputs about zero, so
+    it cannot sit at the constant embedding that a SupCon loss of log(N - 1) means.
+
+    Args:
+        dim: d, the feature size.
+        momentum: m in [0, 1).
+
+    Shapes: x (B, d) -> (B, d). ``center`` (d,) is a buffer (in checkpoints).
+
+    Example:
+        >>> import torch
+        >>> center = RunningCenter(2, momentum=0.5)
+        >>> center(torch.tensor([[1.0, 3.0], [3.0, 5.0]]))  # c was 0, becomes (1, 2)
+        tensor([[1., 3.],
+                [3., 5.]])
+        >>> center.center
+        tensor([1., 2.])
+        >>> _ = center.eval()
+        >>> center(torch.tensor([[1.0, 2.0]]))
+        tensor([[0., 0.]])
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.9) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Subtract the running mean; update it in training mode."""
+        out = x - self.center.to(x.dtype)
+        if self.training:
+            with torch.no_grad():
+                total = torch.cat([x.float().sum(0), x.new_tensor([x.shape[0]], dtype=torch.float)])
+                if distributed.is_distributed():
+                    total = distributed.all_reduce_sum(total)
+                batch_mean = total[:-1] / total[-1].clamp_min(1.0)
+                self.center.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.center.numel()}, momentum={self.momentum}"
+
+
 class MultiHead(nn.Module):
     """One :class:`ProjectionHead` per similarity; ``forward`` stacks their outputs.
 
@@ -69,6 +125,8 @@ class MultiHead(nn.Module):
         out_dim: d, each head's embedding dimension.
         hidden_dim: each head's hidden width (default D).
         batch_norm: BatchNorm in each head (see :class:`ProjectionHead`).
+        center_momentum: when given, each head's output passes through a
+            :class:`RunningCenter` with this momentum (None: no centring).
 
     Example:
         >>> import torch
@@ -83,6 +141,7 @@ class MultiHead(nn.Module):
         out_dim: int = 128,
         hidden_dim: int | None = None,
         batch_norm: bool = False,
+        center_momentum: float | None = None,
     ) -> None:
         super().__init__()
         if num_heads < 1:
@@ -90,6 +149,9 @@ class MultiHead(nn.Module):
         self.heads = nn.ModuleList(
             ProjectionHead(in_dim, out_dim, hidden_dim, batch_norm) for _ in range(num_heads)
         )
+        if center_momentum is not None:
+            for head in self.heads:
+                head.net.append(RunningCenter(out_dim, center_momentum))
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -127,3 +189,42 @@ class LinearHeads(nn.Module):
     def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
         """Map features (B, D) to a list of C logit tensors (B, K_c)."""
         return [classifier(h) for classifier in self.classifiers]
+
+
+class Prototypes(nn.Module):
+    r"""Learned class prototypes per similarity: cosine logits of each head's embeddings.
+
+    logits_c = normalize(z_c) normalize(P_c)^T / tau, with P_c (K_c, d) a parameter.
+    Cross-entropy on these logits has a gradient wherever the classes' prototypes
+    differ, including at the constant embedding where SupCon's is zero.
+
+    Args:
+        num_classes: K_c for each of the C similarities.
+        dim: d, the embedding size.
+        temperature: tau > 0.
+
+    Example:
+        >>> import torch
+        >>> [t.shape for t in Prototypes([3, 5], dim=4)(torch.randn(2, 6, 4))]
+        [torch.Size([6, 3]), torch.Size([6, 5])]
+    """
+
+    def __init__(self, num_classes: Sequence[int], dim: int, temperature: float = 0.1) -> None:
+        super().__init__()
+        if len(num_classes) == 0 or min(num_classes) < 1 or temperature <= 0:
+            raise ValueError(
+                f"expected classes >= 1 per similarity and temperature > 0, got "
+                f"num_classes={list(num_classes)}, temperature={temperature}"
+            )
+        self.temperature = temperature
+        self.prototypes = nn.ParameterList(
+            nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in num_classes
+        )
+
+    def forward(self, z: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Map embeddings (C, n, d) (not normalised) to C logit tensors (n, K_c)."""
+        normalize = nn.functional.normalize
+        return [
+            normalize(z[c], dim=-1) @ normalize(p, dim=-1).T / self.temperature
+            for c, p in enumerate(self.prototypes)
+        ]
