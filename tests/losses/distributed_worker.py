@@ -20,11 +20,10 @@ the same things in one process on the whole batch (no process group: the losses'
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
+
+from rank_worker import worker_main
 
 IN_DIM, DIM, SIMS = 6, 4, 3
 NUM_CLASSES = [3, 2, 2]
@@ -351,29 +350,17 @@ def rank_helpers() -> dict:
     }
 
 
-def main(rank: int, world: int, tmp: Path) -> None:
-    import torch.distributed as dist
-
+def compute(data: dict, rows: slice) -> dict:
     from mscon import distributed
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp / 'rendezvous'}", rank=rank, world_size=world
-    )
-    try:
-        data = torch.load(tmp / "inputs.pt")
-        rows = slice(data["splits"][rank], data["splits"][rank + 1])
-        assert distributed.world_size() == world and distributed.rank() == rank
-        results = {
-            "embedding": embedding_cases(data, rows),
-            "ddp": {name: ddp_step(name, data, rows) for name in DDP_CASES},
-            "helpers": rank_helpers(),
-            "methods": {name: method_steps(name, data, rows) for name in METHOD_CASES},
-        }
-        torch.save(results, tmp / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    assert distributed.world_size() == len(data["splits"]) - 1
+    return {
+        "embedding": embedding_cases(data, rows),
+        "ddp": {name: ddp_step(name, data, rows) for name in DDP_CASES},
+        "helpers": rank_helpers(),
+        "methods": {name: method_steps(name, data, rows) for name in METHOD_CASES},
+    }
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
+    worker_main(compute)

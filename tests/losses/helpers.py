@@ -94,8 +94,8 @@ def run_ranks(worker, tmp_path, world: int = 2, timeout: float = 180) -> list[di
     from pathlib import Path
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    root = Path(__file__).resolve().parents[2]  # src for mscon, tests for rank_worker
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root / "tests")])
     procs = [
         subprocess.Popen(
             [sys.executable, str(worker), str(r), str(world), str(tmp_path)],

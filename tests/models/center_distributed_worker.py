@@ -7,29 +7,16 @@ mean to TMPDIR/rank{RANK}.pt.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from rank_worker import worker_main
 
 
-def main(rank: int, world: int, tmp: Path) -> None:
-    import torch
-    import torch.distributed as dist
-
+def compute(data: dict, rows: slice) -> dict:
     from mscon.models.heads import RunningCenter
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp / 'rendezvous'}", rank=rank, world_size=world
-    )
-    try:
-        data = torch.load(tmp / "inputs.pt")
-        lo, hi = data["splits"][rank], data["splits"][rank + 1]
-        center = RunningCenter(data["x"].shape[1], momentum=0.5)
-        outputs = [center(data["x"][lo:hi]) for _ in range(2)]
-        torch.save({"center": center.center, "outputs": outputs}, tmp / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    center = RunningCenter(data["x"].shape[1], momentum=0.5)
+    outputs = [center(data["x"][rows]) for _ in range(2)]
+    return {"center": center.center, "outputs": outputs}
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
+    worker_main(compute)
