@@ -26,8 +26,9 @@ gradient is per anchor, whatever is applied downstream (validity, a mean over
 valid anchors, a task weight) scales each anchor's candidate-side gradient too.
 
 A leading batch dimension runs C independent problems (one per similarity,
-each with its own temperature) in one batched matmul per chunk: anchors
-(C, M, d), candidates (C, N, d), temperature () or (C,), D (C, M). Fewer, larger
+each with its own temperature) through one chunk loop: anchors (C, M, d),
+candidates (C, N, d), temperature () or (C,), D (C, M); the exp, the own-column
+zeroing and the row sums are then one operation over all C blocks. Fewer, larger
 operations matter on a shared CPU, where every parallel operation waits for its
 slowest thread.
 
@@ -40,9 +41,10 @@ temperature driven down) each row's maximum logit :math:`h_i` is subtracted and
 added back to :math:`D_i` (one extra matmul in forward).
 
 The rows per chunk: the ``chunk_size`` argument, else the environment variable
-``MSCON_LOSS_CHUNK_ROWS``, else :func:`auto_chunk_size` (a block of about 2^22
-elements, 16 MB in float32, over the whole batch dimension, on CPU; 2^26 on an
-accelerator).
+``MSCON_LOSS_CHUNK_ROWS``, else :func:`auto_chunk_size` (a block of about 2^24
+elements, 64 MB in float32, over the whole batch dimension, on CPU; 2^26 on an
+accelerator). The M anchors are then split into ceil(M / rows) chunks of
+near-equal size.
 
 Example:
     >>> import torch
@@ -70,10 +72,11 @@ __all__ = [
 #: Environment variable overriding the automatic rows per chunk (an integer >= 1).
 CHUNK_ENV = "MSCON_LOSS_CHUNK_ROWS"
 
-# Elements of one chunk's (C x rows x (N + 2d)) blocks: 16 MB in float32 on CPU, where
-# the block then stays in the last-level cache between the matmul, the exp and the
-# sum; 256 MB on an accelerator (fewer kernel launches).
-_CPU_ELEMENTS = 2**22
+# Elements of one chunk's (C x rows x (N + 2d)) blocks: 64 MB in float32 on CPU (with
+# C = 3 similarities, 4 chunks at N = 4,096: measured as fast as smaller blocks on an
+# idle machine and faster on a loaded one, where each operation costs a thread
+# hand-off); 256 MB on an accelerator (fewer kernel launches).
+_CPU_ELEMENTS = 2**24
 _ACCELERATOR_ELEMENTS = 2**26
 
 # Largest 2/tau (the spread of the logits s/tau over [-1/tau, 1/tau]) for which
@@ -85,11 +88,11 @@ def auto_chunk_size(
     num_candidates: int, dim: int, device: torch.device | str = "cpu", batch: int = 1
 ) -> int:
     """Anchor rows per chunk so that a chunk's (batch x rows x (N + 2d)) blocks hold about
-    2^22 (CPU) or 2^26 (accelerator) elements.
+    2^24 (CPU) or 2^26 (accelerator) elements.
 
     Example:
         >>> auto_chunk_size(4096, 128), auto_chunk_size(4096, 128, batch=3)
-        (963, 321)
+        (3855, 1285)
     """
     kind = torch.device(device).type
     elements = _CPU_ELEMENTS if kind == "cpu" else _ACCELERATOR_ELEMENTS
@@ -148,6 +151,19 @@ def _leading(buffer: Tensor, rows: int) -> Tensor:
     )
 
 
+def _bmm(x: Tensor, y: Tensor, out: Tensor | None = None) -> Tensor:
+    """(C, R, K) @ (C, K, N) as one matmul per problem, into ``out`` when given.
+
+    torch.bmm on CPU splits the batch over the threads (3 problems on 2 threads leave
+    one thread idle half the time); one mm per problem uses every thread on each.
+    """
+    if out is None:
+        out = x.new_empty(x.shape[0], x.shape[1], y.shape[2])
+    for i in range(x.shape[0]):
+        torch.mm(x[i], y[i], out=out[i])
+    return out
+
+
 def _block(
     out: Tensor,
     rows: Tensor,
@@ -161,10 +177,10 @@ def _block(
     ``rows`` (C, R, d) are anchors already divided by tau; ``shift`` (C, R, 1) is None
     when no shift is needed. The own column is a strided diagonal view when
     ``diagonal`` is given (the usual case), else an indexed write (``self_cols`` -1:
-    none). One batched matmul into ``out`` and one in-place exp, so forward and
+    none). A matmul per problem into ``out`` and one in-place exp, so forward and
     backward build the block bit for bit.
     """
-    torch.bmm(rows, candidates.transpose(1, 2), out=out)
+    _bmm(rows, candidates.transpose(1, 2), out=out)
     if shift is not None:
         out.sub_(shift)
     out.exp_()
@@ -181,7 +197,7 @@ def _block(
 def _row_max_shifts(rows: Tensor, candidates: Tensor, self_cols: Tensor) -> Tensor:
     """(C, R, 1) largest logit of each row (``rows`` already divided by tau) over its
     candidates, self excluded; 0 when a row has no candidate."""
-    logits = torch.bmm(rows, candidates.transpose(1, 2))
+    logits = _bmm(rows, candidates.transpose(1, 2))
     has = self_cols >= 0
     r = torch.arange(rows.shape[1], device=rows.device)
     logits[:, r[has], self_cols[has]] = -torch.inf
@@ -260,12 +276,14 @@ class _LogDenominator(torch.autograd.Function):
                 k,
             )
             if symmetric:  # (E Z, E (u * Z)) in one product
-                prod = torch.bmm(block, both, out=_leading(product, end - start))
+                prod = _bmm(block, both, out=_leading(product, end - start))
                 torch.mul(prod[:, :, :d], u[:, start:end], out=anchor_side[:, start:end])
                 cand_side[:, start:end] = prod[:, :, d:]
             else:
-                anchor_side[:, start:end] = torch.bmm(block, cands).mul_(u[:, start:end])
-                cand_side.baddbmm_(block.transpose(1, 2), u[:, start:end] * anchors[:, start:end])
+                anchor_side[:, start:end] = _bmm(block, cands).mul_(u[:, start:end])
+                weighted = u[:, start:end] * anchors[:, start:end]
+                for i in range(c):
+                    cand_side[i].addmm_(block[i].T, weighted[i])
         grad_tau = None
         if ctx.needs_input_grad[2]:
             grad_tau = -(anchors * anchor_side).sum(dim=(1, 2)) * inv_tau.flatten()
@@ -311,7 +329,8 @@ def log_denominator(
     elif self_index is None:
         self_index = torch.full((m,), -1, dtype=torch.long, device=a.device)
     n = m if c is None else c.shape[1]
-    chunk = resolve_chunk_size(chunk_size, n, d, a.device, problems)
+    rows = resolve_chunk_size(chunk_size, n, d, a.device, problems)
+    chunk = max(1, -(-m // -(-m // rows))) if m else rows  # near-equal chunks, at most `rows`
     diagonal = 0 if c is None else _diagonal(self_index, n)
     tau = torch.as_tensor(temperature, dtype=a.dtype, device=a.device)
     if tau.ndim > 1 or tau.numel() not in (1, problems):
