@@ -145,6 +145,53 @@ def test_gradcheck_batched_log_denominator(gen, symmetric):
     assert gradcheck(fn, (a, c, tau))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shift", ["global", "row_max"])
+def test_expected_upstream_is_used_only_when_it_matches(gen, symmetric, shift, request):
+    """An upstream that is a per-problem multiple of ``expected_upstream`` (a mean over
+    valid anchors) skips the rebuild (float64 gradcheck on that path); any other falls
+    back to it; both give the same gradients."""
+    if shift == "row_max":
+        request.getfixturevalue("row_max")
+    a = torch.randn(2, 6, 3, generator=gen, dtype=F64).requires_grad_()
+    c = torch.randn(2, 5, 3, generator=gen, dtype=F64).requires_grad_()
+    tau = torch.tensor([0.4, 0.7], dtype=F64, requires_grad=True)
+    valid = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    self_index = torch.tensor([1, -1, 0, 3, 2, 4])
+    rebuilt = []
+    original = chunked._rebuilt_grads
+    request.getfixturevalue("monkeypatch").setattr(
+        chunked, "_rebuilt_grads", lambda *args: rebuilt.append(1) or original(*args)
+    )
+
+    def fn(weight, expected):
+        def loss(a, c, tau):
+            a = torch.nn.functional.normalize(a, dim=-1)
+            c = None if symmetric else torch.nn.functional.normalize(c, dim=-1)
+            out = log_denominator(
+                a,
+                c,
+                temperature=tau,
+                self_index=None if symmetric else self_index,
+                chunk_size=4,
+                expected_upstream=expected,
+            )
+            return (weight * out).sum()
+
+        return loss
+
+    matching = torch.tensor([[2.5], [-0.7]], dtype=F64) * valid
+    assert gradcheck(fn(matching, valid), (a, c, tau))
+    assert rebuilt == []
+    other = matching + 0.1 * torch.rand(2, 6, generator=gen, dtype=F64) * valid
+    for weight in (matching, other):
+        got = torch.autograd.grad(fn(weight, valid)(a, c, tau), (a, c, tau), allow_unused=True)
+        want = torch.autograd.grad(fn(weight, None)(a, c, tau), (a, c, tau), allow_unused=True)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None and w is None) or torch.allclose(g, w, atol=1e-12)
+    assert len(rebuilt) == 3  # `other` with the expected upstream, and both without it
+
+
 def test_mscon_batched_path_matches_one_call_per_head(gen, monkeypatch):
     """MSConLoss sends same-shape heads through one batched call; it equals one call per
     head (values, feature and log-variance gradients), missing labels included."""
@@ -309,7 +356,7 @@ def test_mscon_loss_matches_the_direct_path(gen, weighting, monkeypatch):
             monkeypatch.setattr(
                 functional,
                 "log_denominator",
-                lambda a, c, *, temperature, self_index, chunk_size: dense_log_denominator(
+                lambda a, c, *, temperature, self_index, **_: dense_log_denominator(
                     a, a if c is None else c, temperature, self_index
                 ),
             )
@@ -351,10 +398,10 @@ def test_chunk_size_is_checked(monkeypatch):
         SupConLoss()(torch.randn(4, 2, 3))
 
 
-def test_auto_chunk_size_keeps_a_block_near_64_mb():
-    assert auto_chunk_size(4096, 128) == 2**24 // (4096 + 256)
-    assert auto_chunk_size(4096, 128, batch=3) == 2**24 // (3 * (4096 + 256))
-    assert 3 * auto_chunk_size(32768, 128, batch=3) * 32768 * 4 <= 64 * 2**20
+def test_auto_chunk_size_keeps_a_block_near_128_mb():
+    assert auto_chunk_size(4096, 128) == 2**25 // (4096 + 256)
+    assert auto_chunk_size(4096, 128, batch=3) == 2**25 // (3 * (4096 + 256))
+    assert 3 * auto_chunk_size(32768, 128, batch=3) * 32768 * 4 <= 128 * 2**20
     assert auto_chunk_size(2**30, 128) == 1
     assert auto_chunk_size(4096, 128, "cuda") == 2**26 // (4096 + 256)
 

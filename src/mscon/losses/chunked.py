@@ -25,6 +25,14 @@ So peak memory is O(chunk x N) per call, not O(M x N). Because the upstream
 gradient is per anchor, whatever is applied downstream (validity, a mean over
 valid anchors, a task weight) scales each anchor's candidate-side gradient too.
 
+No recomputation in the usual case: a loss that is a mean over valid anchors
+sends back :math:`g = \beta \cdot \mathrm{valid}` (one scale per problem). Given
+that expected upstream (``expected_upstream``), forward also computes both gradient
+sides for it while each block is in memory and keeps them ((M + N) x d numbers);
+backward checks that the actual :math:`g` is an exact per-problem multiple and only
+scales them. Any other upstream (a per-anchor weighting, a gradient check)
+rebuilds the blocks as above.
+
 A leading batch dimension runs C independent problems (one per similarity,
 each with its own temperature) through one chunk loop: anchors (C, M, d),
 candidates (C, N, d), temperature () or (C,), D (C, M); the exp, the own-column
@@ -41,8 +49,8 @@ temperature driven down) each row's maximum logit :math:`h_i` is subtracted and
 added back to :math:`D_i` (one extra matmul in forward).
 
 The rows per chunk: the ``chunk_size`` argument, else the environment variable
-``MSCON_LOSS_CHUNK_ROWS``, else :func:`auto_chunk_size` (a block of about 2^24
-elements, 64 MB in float32, over the whole batch dimension, on CPU; 2^26 on an
+``MSCON_LOSS_CHUNK_ROWS``, else :func:`auto_chunk_size` (a block of about 2^25
+elements, 128 MB in float32, over the whole batch dimension, on CPU; 2^26 on an
 accelerator). The M anchors are then split into ceil(M / rows) chunks of
 near-equal size.
 
@@ -72,11 +80,11 @@ __all__ = [
 #: Environment variable overriding the automatic rows per chunk (an integer >= 1).
 CHUNK_ENV = "MSCON_LOSS_CHUNK_ROWS"
 
-# Elements of one chunk's (C x rows x (N + 2d)) blocks: 64 MB in float32 on CPU (with
-# C = 3 similarities, 4 chunks at N = 4,096: measured as fast as smaller blocks on an
-# idle machine and faster on a loaded one, where each operation costs a thread
+# Elements of one chunk's (C x rows x (N + 2d)) blocks: 128 MB in float32 on CPU (with
+# C = 3 similarities, 2 chunks at N = 4,096: on an idle core within 3% of smaller
+# blocks, and faster on a loaded machine, where every operation costs a thread
 # hand-off); 256 MB on an accelerator (fewer kernel launches).
-_CPU_ELEMENTS = 2**24
+_CPU_ELEMENTS = 2**25
 _ACCELERATOR_ELEMENTS = 2**26
 
 # Largest 2/tau (the spread of the logits s/tau over [-1/tau, 1/tau]) for which
@@ -88,11 +96,11 @@ def auto_chunk_size(
     num_candidates: int, dim: int, device: torch.device | str = "cpu", batch: int = 1
 ) -> int:
     """Anchor rows per chunk so that a chunk's (batch x rows x (N + 2d)) blocks hold about
-    2^24 (CPU) or 2^26 (accelerator) elements.
+    2^25 (CPU) or 2^26 (accelerator) elements.
 
     Example:
         >>> auto_chunk_size(4096, 128), auto_chunk_size(4096, 128, batch=3)
-        (3855, 1285)
+        (7710, 2570)
     """
     kind = torch.device(device).type
     elements = _CPU_ELEMENTS if kind == "cpu" else _ACCELERATOR_ELEMENTS
@@ -205,11 +213,21 @@ def _row_max_shifts(rows: Tensor, candidates: Tensor, self_cols: Tensor) -> Tens
     return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
+def _per_problem_scale(grad: Tensor, expected: Tensor) -> Tensor | None:
+    """(C,) beta with ``grad == beta * expected`` exactly (row by row), else None."""
+    first = expected.abs().argmax(dim=1, keepdim=True)  # a non-zero entry, if there is one
+    ref = expected.gather(1, first)
+    beta = torch.where(ref != 0, grad.gather(1, first) / ref, torch.zeros_like(ref))
+    return beta.squeeze(1) if torch.equal(grad, beta * expected) else None
+
+
 class _LogDenominator(torch.autograd.Function):
     """D (C, M) of anchors (C, M, d) against candidates (C, N, d); ``candidates=None``
     means the anchors themselves (the symmetric case). ``temperature`` is (C,);
     ``self_index`` (M,) gives each anchor's own column (-1: none), the same in every
-    problem of the batch; ``diagonal`` is k when that column is k + the anchor's row."""
+    problem of the batch; ``diagonal`` is k when that column is k + the anchor's row;
+    ``expected`` (C, M) or None is the expected upstream gradient up to a scale per
+    problem (see :func:`log_denominator`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -220,14 +238,18 @@ class _LogDenominator(torch.autograd.Function):
         self_index: Tensor,
         diagonal: int | None,
         chunk: int,
+        expected: Tensor | None,
     ) -> Tensor:
         cands = anchors if candidates is None else candidates
         inv_tau = temperature.reciprocal().reshape(-1, 1, 1)
         global_shift = 2.0 * float(inv_tau.max()) <= _SAFE_EXPONENT[anchors.dtype]
+        ahead = expected is not None and any(ctx.needs_input_grad[:3])
         c, m, _ = anchors.shape
         rows = anchors * inv_tau
         sums = anchors.new_empty(c, m)
         shifts = None if global_shift else anchors.new_empty(c, m, 1)
+        anchor_unit = torch.empty_like(anchors) if ahead else None
+        cand_unit = torch.zeros_like(cands) if ahead else None
         buffer = anchors.new_empty(c, min(chunk, m), cands.shape[1])
         for start in range(0, m, chunk):
             end = min(m, start + chunk)
@@ -240,57 +262,117 @@ class _LogDenominator(torch.autograd.Function):
             block = _block(
                 _leading(buffer, end - start), rows[:, start:end], cands, shift, self_cols, k
             )
-            sums[:, start:end] = block.sum(dim=2)
-        sums.clamp_min_(torch.finfo(sums.dtype).tiny)  # an anchor with no candidate
-        ctx.save_for_backward(anchors, candidates, temperature, self_index, sums, shifts)
-        ctx.chunk, ctx.diagonal = chunk, diagonal
+            # clamp: an anchor with no candidate
+            sums[:, start:end] = block.sum(dim=2).clamp_min_(torch.finfo(sums.dtype).tiny)
+            if ahead:  # the gradients for the expected upstream, while the block is here
+                u = (expected[:, start:end] / sums[:, start:end]).unsqueeze(2) * inv_tau
+                _softmax_grads(
+                    block, cands, anchors[:, start:end], u, anchor_unit, cand_unit, start
+                )
+        ctx.save_for_backward(
+            anchors,
+            candidates,
+            temperature,
+            self_index,
+            sums,
+            shifts,
+            expected,
+            anchor_unit,
+            cand_unit,
+        )
+        ctx.chunk, ctx.diagonal, ctx.ahead = chunk, diagonal, ahead
         log_den = torch.log(sums)
         return log_den if shifts is None else log_den + shifts.squeeze(2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        anchors, candidates, temperature, self_index, sums, shifts = ctx.saved_tensors
-        symmetric = candidates is None and shifts is None  # E is then symmetric
-        cands = anchors if candidates is None else candidates
-        inv_tau = temperature.reciprocal().reshape(-1, 1, 1)
-        c, m, d = anchors.shape
-        chunk = ctx.chunk
-        rows = anchors * inv_tau
-        u = (grad / sums).unsqueeze(2) * inv_tau  # (C, M, 1)
-        anchor_side = torch.empty_like(anchors)
-        cand_side = torch.empty_like(cands) if symmetric else torch.zeros_like(cands)
-        both = torch.cat([cands, u * anchors], dim=2) if symmetric else None
-        buffer = anchors.new_empty(c, min(chunk, m), cands.shape[1])
-        product = anchors.new_empty(c, min(chunk, m), 2 * d) if symmetric else None
-        for start in range(0, m, chunk):
-            end = min(m, start + chunk)
-            shift = None if shifts is None else shifts[:, start:end]
-            k = None if ctx.diagonal is None else ctx.diagonal + start
-            block = _block(
-                _leading(buffer, end - start),
-                rows[:, start:end],
-                cands,
-                shift,
-                self_index[start:end],
-                k,
+        anchors, candidates, temperature, self_index, sums, shifts, expected, *units = (
+            ctx.saved_tensors
+        )
+        scale = _per_problem_scale(grad, expected) if ctx.ahead else None
+        if scale is not None:  # the upstream is the expected one: scale what forward made
+            anchor_side = units[0] * scale.reshape(-1, 1, 1)
+            cand_side = units[1] * scale.reshape(-1, 1, 1)
+        else:
+            anchor_side, cand_side = _rebuilt_grads(
+                ctx, grad, anchors, candidates, temperature, self_index, sums, shifts
             )
-            if symmetric:  # (E Z, E (u * Z)) in one product
-                prod = _bmm(block, both, out=_leading(product, end - start))
-                torch.mul(prod[:, :, :d], u[:, start:end], out=anchor_side[:, start:end])
-                cand_side[:, start:end] = prod[:, :, d:]
-            else:
-                anchor_side[:, start:end] = _bmm(block, cands).mul_(u[:, start:end])
-                weighted = u[:, start:end] * anchors[:, start:end]
-                for i in range(c):
-                    cand_side[i].addmm_(block[i].T, weighted[i])
         grad_tau = None
         if ctx.needs_input_grad[2]:
-            grad_tau = -(anchors * anchor_side).sum(dim=(1, 2)) * inv_tau.flatten()
-            grad_tau = grad_tau.to(temperature.dtype)
+            inv_tau = temperature.reciprocal()
+            grad_tau = -(anchors * anchor_side).sum(dim=(1, 2)) * inv_tau
         if candidates is None:
-            return anchor_side.add_(cand_side), None, grad_tau, None, None, None
-        return anchor_side, cand_side, grad_tau, None, None, None
+            return anchor_side.add_(cand_side), None, grad_tau, None, None, None, None
+        return anchor_side, cand_side, grad_tau, None, None, None, None
+
+
+def _softmax_grads(
+    block: Tensor,
+    cands: Tensor,
+    rows: Tensor,
+    u: Tensor,
+    anchor_side: Tensor,
+    cand_side: Tensor,
+    start: int,
+) -> None:
+    """Add one chunk's softmax gradients: anchor side u (E C), candidate side E^T (u Z).
+
+    ``block`` (C, R, N), ``rows`` (C, R, d) the chunk's anchors, ``u`` (C, R, 1) the
+    upstream over the row sums over tau; ``anchor_side[:, start:start + R]`` is written,
+    ``cand_side`` (C, N, d) accumulated.
+    """
+    end = start + rows.shape[1]
+    anchor_side[:, start:end] = _bmm(block, cands).mul_(u)
+    weighted = u * rows
+    for i in range(block.shape[0]):
+        cand_side[i].addmm_(block[i].T, weighted[i])
+
+
+def _rebuilt_grads(
+    ctx,
+    grad: Tensor,
+    anchors: Tensor,
+    candidates: Tensor | None,
+    temperature: Tensor,
+    self_index: Tensor,
+    sums: Tensor,
+    shifts: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Anchor-side and candidate-side gradients for any upstream, rebuilding each block."""
+    symmetric = candidates is None and shifts is None  # E is then symmetric
+    cands = anchors if candidates is None else candidates
+    inv_tau = temperature.reciprocal().reshape(-1, 1, 1)
+    c, m, d = anchors.shape
+    chunk = ctx.chunk
+    rows = anchors * inv_tau
+    u = (grad / sums).unsqueeze(2) * inv_tau  # (C, M, 1)
+    anchor_side = torch.empty_like(anchors)
+    cand_side = torch.empty_like(cands) if symmetric else torch.zeros_like(cands)
+    both = torch.cat([cands, u * anchors], dim=2) if symmetric else None
+    buffer = anchors.new_empty(c, min(chunk, m), cands.shape[1])
+    product = anchors.new_empty(c, min(chunk, m), 2 * d) if symmetric else None
+    for start in range(0, m, chunk):
+        end = min(m, start + chunk)
+        shift = None if shifts is None else shifts[:, start:end]
+        k = None if ctx.diagonal is None else ctx.diagonal + start
+        block = _block(
+            _leading(buffer, end - start),
+            rows[:, start:end],
+            cands,
+            shift,
+            self_index[start:end],
+            k,
+        )
+        if symmetric:  # (E Z, E (u * Z)) in one product
+            prod = _bmm(block, both, out=_leading(product, end - start))
+            torch.mul(prod[:, :, :d], u[:, start:end], out=anchor_side[:, start:end])
+            cand_side[:, start:end] = prod[:, :, d:]
+        else:
+            _softmax_grads(
+                block, cands, anchors[:, start:end], u[:, start:end], anchor_side, cand_side, start
+            )
+    return anchor_side, cand_side
 
 
 def log_denominator(
@@ -300,6 +382,7 @@ def log_denominator(
     temperature: float | Tensor,
     self_index: Tensor | None = None,
     chunk_size: int | None = None,
+    expected_upstream: Tensor | None = None,
 ) -> Tensor:
     r"""(M,) :math:`D_i = \log\sum_{a\ne\mathrm{self}(i)}\exp(z_i\cdot c_a/\tau)`, in row chunks.
 
@@ -315,6 +398,11 @@ def log_denominator(
         self_index: (M,) long, each anchor's own column among the candidates (-1: none);
             None excludes nothing.
         chunk_size: anchor rows per chunk (see :func:`resolve_chunk_size`).
+        expected_upstream: (M,) or (C, M), the gradient backward is expected to receive,
+            up to one scale per problem (for a mean over valid anchors: the valid mask).
+            Forward then also computes the gradients for it while each block is built,
+            and backward only scales them when the upstream is such a multiple (exactly);
+            for any other upstream it rebuilds the blocks. None: always rebuild.
 
     Returns:
         (M,) or (C, M) log-denominators, differentiable in the anchors, candidates and
@@ -339,5 +427,8 @@ def log_denominator(
             f"({problems},), got shape {tuple(tau.shape)}"
         )
     tau = tau.reshape(-1).expand(problems)
-    out = _LogDenominator.apply(a, c, tau, self_index, diagonal, chunk)
+    expected = None
+    if expected_upstream is not None:
+        expected = expected_upstream.to(a.dtype).reshape(problems, m).detach()
+    out = _LogDenominator.apply(a, c, tau, self_index, diagonal, chunk, expected)
     return out if batched else out.squeeze(0)

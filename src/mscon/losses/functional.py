@@ -267,6 +267,7 @@ def contrastive_cross_entropy(
             temperature=tau,
             self_index=self_index,
             chunk_size=chunk_size,
+            expected_upstream=valid,  # a mean over valid anchors: g = scale * valid
         )
         losses = torch.where(valid, log_den - positive_term, torch.zeros_like(log_den))
     return ContrastiveOutput(losses, valid)
