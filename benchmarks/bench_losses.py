@@ -30,12 +30,17 @@ encoder's forward and backward (of the mean feature) and optimiser step, and
 
     python benchmarks/bench_losses.py [--n 4096] [--rounds 5] [--repeats 1] [--json OUT.json]
     python benchmarks/bench_losses.py --n 32768 --cases mscon_C3 --rounds 1
-    python benchmarks/bench_losses.py --train-step [--rounds 5]
+    python benchmarks/bench_losses.py --train-step [--rounds 5] [--threads 1]
+
+``--threads 1`` runs every case's process on one intra-op thread: on a shared,
+loaded machine each parallel operation otherwise waits for a descheduled thread
+(milliseconds per operation), which dominates small operations.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -172,9 +177,15 @@ def build_step(case: str) -> Callable[[], None]:
     return step
 
 
-def measure(case: str, n: int, repeats: int) -> dict[str, float]:
-    """Run in this process: median seconds, peak RSS and its growth in MB (imports excluded)."""
+def measure(case: str, n: int, repeats: int, threads: int | None = None) -> dict[str, float]:
+    """Run in this process: median seconds, peak RSS and its growth in MB (imports excluded).
+
+    ``threads``: torch's intra-op threads for this process (None: torch's default).
+    """
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     import mscon.losses  # noqa: F401
     import mscon.methods  # noqa: F401
@@ -193,14 +204,17 @@ def measure(case: str, n: int, repeats: int) -> dict[str, float]:
     return result
 
 
-def run_case(case: str, n: int, repeats: int) -> dict:
+def run_case(case: str, n: int, repeats: int, threads: int | None = None) -> dict:
     """``case`` in a fresh subprocess (importing the same mscon as this one); its JSON."""
     import mscon
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(mscon.__file__)))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, __file__, "--one", case, str(n), "--repeats", str(repeats)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     out = subprocess.run(
-        [sys.executable, __file__, "--one", case, str(n), "--repeats", str(repeats)],
+        command,
         capture_output=True,
         text=True,
         check=True,
@@ -295,10 +309,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=None, choices=LOSS_CASES + STEP_CASES)
     parser.add_argument("--train-step", action="store_true", help="the training-step cases")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads in every case's process (default: torch's own choice)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats, args.threads)))
         return
     cases = args.cases or list(STEP_CASES if args.train_step else LOSS_CASES)
     sizes = [STEP_IMAGES] if args.train_step else args.n
@@ -309,14 +329,17 @@ def main(argv: list[str] | None = None) -> None:
             skipped.append(
                 f"pml_ntxent at N = {n}: about 4 N^3 bytes ({4 * n**3 / 2**30:,.0f} GiB)"
             )
-        results, round_loads = run_rounds(todo, n, args.repeats, args.rounds)
+        run = functools.partial(run_case, threads=args.threads)
+        results, round_loads = run_rounds(todo, n, args.repeats, args.rounds, run=run)
         rows += summarize(results, n)
         loads += round_loads
         raw[str(n)] = results
     loads.append(os.getloadavg()[0])
+    threads = "torch's default" if args.threads is None else args.threads
     print(
         f"1-min load average at the start of each round and at the end: "
-        f"{', '.join(f'{x:.2f}' for x in loads)} (on {os.cpu_count()} cores); {platform.machine()}"
+        f"{', '.join(f'{x:.2f}' for x in loads)} (on {os.cpu_count()} cores); "
+        f"{platform.machine()}; intra-op threads: {threads}"
     )
     print(table(rows, args.repeats))
     for note in skipped:
@@ -326,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['case']}: {r['images_per_s']:.1f} images/s (median over the rounds)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"load_average": loads, "rows": rows, "rounds": raw}, handle, indent=1)
+            record = {"load_average": loads, "threads": args.threads, "rows": rows, "rounds": raw}
+            json.dump(record, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -47,10 +47,13 @@ def test_ratios_are_medians_of_per_round_ratios():
 def test_a_tiny_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench_losses.main(
-        ["--n", "64", "--rounds", "1", "--cases", "mscon_C3", "floor_C3", "--json", str(out)]
+        ["--n", "64", "--rounds", "1", "--threads", "1", "--cases", "mscon_C3", "floor_C3"]
+        + ["--json", str(out)]
     )
     written = json.loads(out.read_text())
     assert len(written["load_average"]) == 2  # the round's start and the end
     assert [r["case"] for r in written["rows"]] == ["mscon_C3", "floor_C3"]
     assert written["rows"][0]["seconds"] > 0 and written["rows"][1]["time_ratio"] > 0
-    assert "| floor_C3 | 64 |" in capsys.readouterr().out
+    assert written["threads"] == 1
+    printed = capsys.readouterr().out
+    assert "| floor_C3 | 64 |" in printed and "intra-op threads: 1" in printed

@@ -153,10 +153,10 @@ def _diagonal(self_index: Tensor, num_candidates: int) -> int | None:
 
 
 def _leading(buffer: Tensor, rows: int) -> Tensor:
-    """A contiguous (C, rows, ...) view of the start of ``buffer`` (C, R, ...)."""
-    return buffer.view(-1)[: buffer[0, :rows].numel() * buffer.shape[0]].view(
-        buffer.shape[0], rows, *buffer.shape[2:]
-    )
+    """A contiguous (C, rows, K) view of the start of ``buffer`` (C, R, K), for a last
+    chunk shorter than the others (``buffer[:, :rows]`` is not contiguous)."""
+    c, _, k = buffer.shape
+    return buffer.view(-1)[: c * rows * k].view(c, rows, k)
 
 
 def _bmm(x: Tensor, y: Tensor, out: Tensor | None = None) -> Tensor:
