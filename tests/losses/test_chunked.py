@@ -192,6 +192,19 @@ def test_expected_upstream_is_used_only_when_it_matches(gen, symmetric, shift, r
     assert len(rebuilt) == 3  # `other` with the expected upstream, and both without it
 
 
+def test_no_gradient_work_without_grad(gen, monkeypatch):
+    """Under no_grad (evaluation), forward computes no gradients ahead."""
+    calls = []
+    original = chunked._softmax_grads
+    monkeypatch.setattr(chunked, "_softmax_grads", lambda *a: calls.append(1) or original(*a))
+    z = unit(gen, 8, 4).requires_grad_()
+    with torch.no_grad():
+        log_denominator(z, None, temperature=0.5, expected_upstream=torch.ones(8))
+    assert calls == []
+    log_denominator(z, None, temperature=0.5, expected_upstream=torch.ones(8))
+    assert calls == [1]
+
+
 def test_mscon_batched_path_matches_one_call_per_head(gen, monkeypatch):
     """MSConLoss sends same-shape heads through one batched call; it equals one call per
     head (values, feature and log-variance gradients), missing labels included."""

@@ -243,7 +243,7 @@ class _LogDenominator(torch.autograd.Function):
         cands = anchors if candidates is None else candidates
         inv_tau = temperature.reciprocal().reshape(-1, 1, 1)
         global_shift = 2.0 * float(inv_tau.max()) <= _SAFE_EXPONENT[anchors.dtype]
-        ahead = expected is not None and any(ctx.needs_input_grad[:3])
+        ahead = expected is not None
         c, m, _ = anchors.shape
         rows = anchors * inv_tau
         sums = anchors.new_empty(c, m)
@@ -428,7 +428,9 @@ def log_denominator(
         )
     tau = tau.reshape(-1).expand(problems)
     expected = None
-    if expected_upstream is not None:
+    inputs = (a, c, tau)
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if expected_upstream is not None and wants_grad:  # no gradient work for evaluation
         expected = expected_upstream.to(a.dtype).reshape(problems, m).detach()
     out = _LogDenominator.apply(a, c, tau, self_index, diagonal, chunk, expected)
     return out if batched else out.squeeze(0)
