@@ -27,11 +27,14 @@ def unit(gen, *shape, dtype=F64):
 
 
 def dense_log_denominator(a, c, tau, self_index):
-    logits = a @ c.T / tau
-    rows = torch.arange(a.shape[0])
+    """logsumexp over the full logits; a (M, d) or (C, M, d), tau () or (C,)."""
+    tau = torch.as_tensor(tau, dtype=a.dtype)
+    logits = a @ c.mT / (tau.reshape(-1, 1, 1) if a.ndim == 3 else tau)
+    rows = torch.arange(a.shape[-2])
     has = self_index >= 0
-    logits = logits.index_put((rows[has], self_index[has]), torch.tensor(-math.inf, dtype=a.dtype))
-    return torch.logsumexp(logits, dim=1)
+    logits = logits.clone()
+    logits[..., rows[has], self_index[has]] = -math.inf
+    return torch.logsumexp(logits, dim=-1)
 
 
 def dense(anchors, candidates=None, *, temperature, self_index=None, **targets):
@@ -101,6 +104,136 @@ def test_gradcheck_log_denominator(gen, symmetric, shift, request):
         return (weight * out).sum()
 
     assert gradcheck(fn, (a, c, tau))
+
+
+@pytest.mark.parametrize("shift", ["global", "row_max"])
+def test_batched_problems_match_one_at_a_time(gen, shift, request):
+    """(C, M, d) anchors with one temperature per problem, own columns on a shifted
+    diagonal (as a rank's anchors among gathered candidates) or scattered."""
+    if shift == "row_max":
+        request.getfixturevalue("row_max")
+    a, c = unit(gen, 3, 6, 4), unit(gen, 3, 9, 4)
+    tau = torch.tensor([0.3, 0.5, 0.2], dtype=F64)
+    for self_index in (2 + torch.arange(6), torch.tensor([4, -1, 0, 8, 1, -1])):
+        got = log_denominator(a, c, temperature=tau, self_index=self_index, chunk_size=4)
+        want = dense_log_denominator(a, c, tau, self_index)
+        assert got.shape == (3, 6) and torch.allclose(got, want, atol=1e-12)
+    sym = log_denominator(a, None, temperature=tau, chunk_size=4)
+    assert torch.allclose(sym, dense_log_denominator(a, a, tau, torch.arange(6)), atol=1e-12)
+    one = log_denominator(a, None, temperature=0.3, chunk_size=4)  # one temperature for all
+    assert torch.allclose(one[1], log_denominator(a[1], None, temperature=0.3), atol=1e-12)
+    with pytest.raises(ValueError, match=r"temperature must be .* shape \(\) or \(3,\)"):
+        log_denominator(a, None, temperature=tau[:2])
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gradcheck_batched_log_denominator(gen, symmetric):
+    a = torch.randn(2, 5, 3, generator=gen, dtype=F64).requires_grad_()
+    c = torch.randn(2, 4, 3, generator=gen, dtype=F64).requires_grad_()
+    tau = torch.tensor([0.4, 0.7], dtype=F64, requires_grad=True)
+    weight = torch.randn(2, 5, generator=gen, dtype=F64)
+
+    def fn(a, c, tau):
+        a = torch.nn.functional.normalize(a, dim=-1)
+        if symmetric:
+            return (weight * log_denominator(a, None, temperature=tau, chunk_size=2)).sum()
+        c = torch.nn.functional.normalize(c, dim=-1)
+        self_index = torch.tensor([1, -1, 0, 3, 2])
+        out = log_denominator(a, c, temperature=tau, self_index=self_index, chunk_size=2)
+        return (weight * out).sum()
+
+    assert gradcheck(fn, (a, c, tau))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shift", ["global", "row_max"])
+def test_expected_upstream_is_used_only_when_it_matches(gen, symmetric, shift, request):
+    """An upstream that is a per-problem multiple of ``expected_upstream`` (a mean over
+    valid anchors) skips the rebuild (float64 gradcheck on that path); any other falls
+    back to it; both give the same gradients."""
+    if shift == "row_max":
+        request.getfixturevalue("row_max")
+    a = torch.randn(2, 6, 3, generator=gen, dtype=F64).requires_grad_()
+    c = torch.randn(2, 5, 3, generator=gen, dtype=F64).requires_grad_()
+    tau = torch.tensor([0.4, 0.7], dtype=F64, requires_grad=True)
+    valid = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    self_index = torch.tensor([1, -1, 0, 3, 2, 4])
+    rebuilt = []
+    original = chunked._rebuilt_grads
+    request.getfixturevalue("monkeypatch").setattr(
+        chunked, "_rebuilt_grads", lambda *args: rebuilt.append(1) or original(*args)
+    )
+
+    def fn(weight, expected):
+        def loss(a, c, tau):
+            a = torch.nn.functional.normalize(a, dim=-1)
+            c = None if symmetric else torch.nn.functional.normalize(c, dim=-1)
+            out = log_denominator(
+                a,
+                c,
+                temperature=tau,
+                self_index=None if symmetric else self_index,
+                chunk_size=4,
+                expected_upstream=expected,
+            )
+            return (weight * out).sum()
+
+        return loss
+
+    matching = torch.tensor([[2.5], [-0.7]], dtype=F64) * valid
+    assert gradcheck(fn(matching, valid), (a, c, tau))
+    assert rebuilt == []
+    other = matching + 0.1 * torch.rand(2, 6, generator=gen, dtype=F64) * valid
+    for weight in (matching, other):
+        got = torch.autograd.grad(fn(weight, valid)(a, c, tau), (a, c, tau), allow_unused=True)
+        want = torch.autograd.grad(fn(weight, None)(a, c, tau), (a, c, tau), allow_unused=True)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None and w is None) or torch.allclose(g, w, atol=1e-12)
+    assert len(rebuilt) == 3  # `other` with the expected upstream, and both without it
+
+
+def test_no_gradient_work_without_grad(gen, monkeypatch):
+    """Under no_grad (evaluation), forward computes no gradients ahead."""
+    calls = []
+    original = chunked._softmax_grads
+    monkeypatch.setattr(chunked, "_softmax_grads", lambda *a: calls.append(1) or original(*a))
+    z = unit(gen, 8, 4).requires_grad_()
+    with torch.no_grad():
+        log_denominator(z, None, temperature=0.5, expected_upstream=torch.ones(8))
+    assert calls == []
+    log_denominator(z, None, temperature=0.5, expected_upstream=torch.ones(8))
+    assert calls == [1]
+
+
+def test_mscon_batched_path_matches_one_call_per_head(gen, monkeypatch):
+    """MSConLoss sends same-shape heads through one batched call; it equals one call per
+    head (values, feature and log-variance gradients), missing labels included."""
+    feats = torch.randn(3, 7, 2, 5, generator=gen, dtype=F64)
+    labels = torch.stack([random_labels(gen, 7, p) for p in ("random", "dense", "missing")], 1)
+    results = []
+    for batched in (True, False):
+        monkeypatch.setattr(MSConLoss, "_batchable", lambda self, heads, b=batched: b)
+        loss_fn = MSConLoss(3, temperature=0.2, weighting="temperature", chunk_size=3).double()
+        with torch.no_grad():
+            loss_fn.log_vars.copy_(torch.tensor([0.3, -0.7, 0.1]))
+        x = feats.clone().requires_grad_()
+        loss = loss_fn(x, labels)
+        results.append(
+            (loss, loss_fn.last_losses, *torch.autograd.grad(loss, (x, loss_fn.log_vars)))
+        )
+    for got, want in zip(*results, strict=True):
+        assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_batched_primitive_needs_labels_and_the_out_form(gen):
+    z = unit(gen, 2, 4, 3)
+    labels = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="batched anchors \\(C, M, d\\) need anchor_labels"):
+        contrastive_cross_entropy(z, temperature=0.1, anchor_labels=labels, form="in")
+    with pytest.raises(ValueError, match="batched anchors"):
+        contrastive_cross_entropy(z, temperature=0.1, positive_mask=torch.ones(4, 4).bool())
+    with pytest.raises(ValueError, match="batched features \\(C, B, V, d\\) need labels"):
+        supcon_per_anchor(z.reshape(2, 2, 2, 3), temperature=0.1)
 
 
 def test_tiny_temperature_is_finite_in_float32(gen):
@@ -236,7 +369,7 @@ def test_mscon_loss_matches_the_direct_path(gen, weighting, monkeypatch):
             monkeypatch.setattr(
                 functional,
                 "log_denominator",
-                lambda a, c, *, temperature, self_index, chunk_size: dense_log_denominator(
+                lambda a, c, *, temperature, self_index, **_: dense_log_denominator(
                     a, a if c is None else c, temperature, self_index
                 ),
             )
@@ -278,9 +411,10 @@ def test_chunk_size_is_checked(monkeypatch):
         SupConLoss()(torch.randn(4, 2, 3))
 
 
-def test_auto_chunk_size_keeps_a_block_near_16_mb():
-    assert auto_chunk_size(4096, 128) == 2**22 // (4096 + 256)
-    assert auto_chunk_size(32768, 128) * 32768 * 4 <= 16 * 2**20
+def test_auto_chunk_size_keeps_a_block_near_128_mb():
+    assert auto_chunk_size(4096, 128) == 2**25 // (4096 + 256)
+    assert auto_chunk_size(4096, 128, batch=3) == 2**25 // (3 * (4096 + 256))
+    assert 3 * auto_chunk_size(32768, 128, batch=3) * 32768 * 4 <= 128 * 2**20
     assert auto_chunk_size(2**30, 128) == 1
     assert auto_chunk_size(4096, 128, "cuda") == 2**26 // (4096 + 256)
 

@@ -141,11 +141,17 @@ def contrastive_cross_entropy(
     The anchor itself (``self_index``) is removed from its candidates and from its
     positives.
 
+    A leading batch dimension computes C independent problems at once (one per
+    similarity; the log-denominators share one batched matmul per chunk): anchors
+    (C, M, d), candidates (C, N, d), labels (C, M) and (C, N), temperature () or (C,),
+    results (C, M). It needs ``anchor_labels`` and ``form="out"``.
+
     Args:
-        anchors: (M, d) L2-normalised anchor embeddings.
+        anchors: (M, d) L2-normalised anchor embeddings, or (C, M, d).
         candidates: (N, d) L2-normalised candidates; None means ``anchors``, with
             ``self_index`` defaulting to ``arange(M)`` (each anchor excluded).
-        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (may require grad).
+        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (may require grad); with
+            batched anchors also a (C,) tensor, one temperature per problem.
         anchor_labels: (M,) integer labels, -1 = missing.
         candidate_labels: (N,) integer labels; defaults to ``anchor_labels`` when
             ``candidates`` is None.
@@ -161,8 +167,8 @@ def contrastive_cross_entropy(
             on it beyond rounding.
 
     Returns:
-        :class:`ContrastiveOutput` ``(losses (M,), valid (M,))`` in the compute dtype
-        (float32 for float16/bfloat16 input, float64 for float64).
+        :class:`ContrastiveOutput` ``(losses (M,), valid (M,))`` (or (C, M)) in the
+        compute dtype (float32 for float16/bfloat16 input, float64 for float64).
     """
     if form not in ("out", "in"):
         raise ValueError(f"contrastive_cross_entropy: form must be 'out' or 'in', got {form!r}")
@@ -172,26 +178,40 @@ def contrastive_cross_entropy(
             "contrastive_cross_entropy: exactly one of anchor_labels, positive_mask, "
             f"target_weights must be given, got {sum(given)}"
         )
+    batched = anchors.ndim == 3
+    if batched and (anchor_labels is None or form != "out"):
+        raise ValueError(
+            "contrastive_cross_entropy: batched anchors (C, M, d) need anchor_labels and "
+            f"form='out', got {'a mask or target weights' if anchor_labels is None else form!r}"
+        )
     if candidates is None:
         candidates = anchors
         if self_index is None:
-            self_index = torch.arange(anchors.shape[0], device=anchors.device)
+            self_index = torch.arange(anchors.shape[-2], device=anchors.device)
         if candidate_labels is None:
             candidate_labels = anchor_labels
-    if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
+    rank = 3 if batched else 2
+    if (
+        anchors.ndim != rank
+        or candidates.ndim != rank
+        or anchors.shape[-1] != candidates.shape[-1]
+        or anchors.shape[:-2] != candidates.shape[:-2]
+    ):
         raise ValueError(
             "contrastive_cross_entropy: anchors and candidates must have shapes (M, d) and "
-            f"(N, d), got {tuple(anchors.shape)} and {tuple(candidates.shape)}"
+            f"(N, d), or (C, M, d) and (C, N, d), got {tuple(anchors.shape)} and "
+            f"{tuple(candidates.shape)}"
         )
-    m, n = anchors.shape[0], candidates.shape[0]
+    lead = tuple(anchors.shape[:-2])
+    m, n = anchors.shape[-2], candidates.shape[-2]
     if anchor_labels is not None and (
         candidate_labels is None
-        or tuple(anchor_labels.shape) != (m,)
-        or tuple(candidate_labels.shape) != (n,)
+        or tuple(anchor_labels.shape) != (*lead, m)
+        or tuple(candidate_labels.shape) != (*lead, n)
     ):
         raise ValueError(
             f"contrastive_cross_entropy: anchor_labels and candidate_labels must have shapes "
-            f"({m},) and ({n},)"
+            f"{(*lead, m)} and {(*lead, n)}"
         )
     for name, w in (("positive_mask", positive_mask), ("target_weights", target_weights)):
         if w is not None and tuple(w.shape) != (m, n):
@@ -231,7 +251,7 @@ def contrastive_cross_entropy(
                 c, anchor_labels, candidate_labels, self_index
             )
             valid = count > 0
-            positive_sum = positive_sum / count.clamp_min(1).unsqueeze(1).to(dtype)
+            positive_sum = positive_sum / count.clamp_min(1).unsqueeze(-1).to(dtype)
         else:
             weights = _excluding_self(
                 positive_mask if positive_mask is not None else target_weights, dtype, self_index
@@ -239,13 +259,15 @@ def contrastive_cross_entropy(
             weight_sum = weights.sum(dim=1, keepdim=True)
             valid = weight_sum.squeeze(1) > 0
             positive_sum = (weights / weight_sum.clamp_min(torch.finfo(dtype).tiny)) @ c
-        positive_term = (a * positive_sum).sum(dim=1) / tau
+        per_problem = isinstance(tau, Tensor) and tau.ndim == 1  # (C,) temperatures
+        positive_term = (a * positive_sum).sum(dim=-1) / (tau.unsqueeze(1) if per_problem else tau)
         log_den = log_denominator(
             a,
             None if symmetric else c,
             temperature=tau,
             self_index=self_index,
             chunk_size=chunk_size,
+            expected_upstream=valid,  # a mean over valid anchors: g = scale * valid
         )
         losses = torch.where(valid, log_den - positive_term, torch.zeros_like(log_den))
     return ContrastiveOutput(losses, valid)
@@ -258,11 +280,31 @@ def _class_positive_sums(
 
     :math:`S_i = \sum_{a \in P(i)} c_a`: the sum of the candidates of the anchor's class
     minus the anchor's own column when it is of that class; a missing label (-1)
-    has no positives.
+    has no positives. With a leading batch dimension (candidates (C, N, d), labels
+    (C, M) and (C, N)) each problem's labels are moved to a label range of their own,
+    so one pass serves all C.
 
     Returns:
-        ``(sums (M, d), counts (M,) long)``.
+        ``(sums (M, d), counts (M,) long)``, or (C, M, d) and (C, M).
     """
+    if candidates.ndim == 3:
+        problems, n, d = candidates.shape
+        width = int(torch.maximum(anchor_labels.max(), candidate_labels.max()).clamp_min(0)) + 1
+        start = torch.arange(problems, device=candidates.device).unsqueeze(1)
+
+        def moved(labels: Tensor, step: int) -> Tensor:
+            return torch.where(labels >= 0, labels + start * step, labels).reshape(-1)
+
+        own = None
+        if self_index is not None:
+            own = moved(self_index.expand(problems, -1), n)
+        sums, counts = _class_positive_sums(
+            candidates.reshape(problems * n, d),
+            moved(anchor_labels, width),
+            moved(candidate_labels, width),
+            own,
+        )
+        return sums.reshape(problems, -1, d), counts.reshape(problems, -1)
     classes, cand_class = torch.unique(candidate_labels, return_inverse=True)
     d = candidates.shape[1]
     class_sums = candidates.new_zeros((classes.numel(), d)).index_add(0, cand_class, candidates)
@@ -375,12 +417,17 @@ def supcon_per_anchor(
     the views of all ranks (gathered with gradient), labels are gathered, and
     ``mask`` must have one column per image of all ranks, in rank order.
 
+    Batched: features (C, B, V, d) and labels (C, B) compute C similarities' SupCon
+    at once (see :func:`contrastive_cross_entropy`), with no mask and
+    ``instance_mix`` 0; the result is (C, B·V).
+
     Args:
-        features: (B, V, d) embeddings, any float dtype, not yet normalised.
-        labels: (B,) integer labels, -1 = missing.
+        features: (B, V, d) embeddings, any float dtype, not yet normalised; or
+            (C, B, V, d).
+        labels: (B,) integer labels, -1 = missing; (C, B) for batched features.
         mask: (B, B_all) bool or non-negative float weights between images
             (B_all = B in one process).
-        temperature: tau > 0 (float or 0-dim tensor).
+        temperature: tau > 0 (float or 0-dim tensor; (C,) for batched features).
         form: "out" (L_out) or "in" (L_in).
         gather_distributed: contrast against the candidates of all ranks.
         instance_mix: :math:`\lambda \in [0, 1)`, only with ``labels``: the target of
@@ -393,21 +440,28 @@ def supcon_per_anchor(
     Returns:
         :class:`ContrastiveOutput` for this rank's B·V anchors.
     """
-    b, v, d = features.shape
-    z = l2_normalize(features).reshape(b * v, d)
+    if features.ndim == 4 and (labels is None or mask is not None or instance_mix > 0):
+        raise ValueError(
+            "supcon_per_anchor: batched features (C, B, V, d) need labels (C, B), no mask "
+            "and instance_mix = 0"
+        )
+    *lead, b, v, d = features.shape
+    z = l2_normalize(features).reshape(*lead, b * v, d)
     local_n = b * v
     use_dist = gather_distributed and distributed.is_distributed()
     if use_dist:
         sizes = distributed.gather_sizes(local_n, z.device)
         offset = sum(sizes[: distributed.rank()])
-        candidates = distributed.gather_with_grad(z, sizes)
+        candidates = _gather_views(z, sizes, dim=-2, with_grad=True)
     else:
         sizes, offset, candidates = [local_n], 0, z
     self_index = offset + torch.arange(local_n, device=z.device)
 
     if labels is not None:
-        view_labels = labels.to(device=z.device, dtype=torch.long).repeat_interleave(v)
-        cand_labels = distributed.gather_no_grad(view_labels, sizes) if use_dist else view_labels
+        view_labels = labels.to(device=z.device, dtype=torch.long).repeat_interleave(v, dim=-1)
+        cand_labels = (
+            _gather_views(view_labels, sizes, dim=-1, with_grad=False) if use_dist else view_labels
+        )
         if instance_mix > 0 and v > 1:
             image = torch.arange(b, device=z.device).repeat_interleave(v) + offset // v
             cand_image = distributed.gather_no_grad(image, sizes) if use_dist else image
@@ -477,6 +531,14 @@ def supcon_per_anchor(
         form=form,
         chunk_size=chunk_size,
     )
+
+
+def _gather_views(t: Tensor, sizes: list[int], *, dim: int, with_grad: bool) -> Tensor:
+    """All ranks' ``t`` concatenated along ``dim`` (the views), with or without gradient."""
+    moved = t.movedim(dim, 0).contiguous()  # collectives need contiguous tensors
+    if with_grad:
+        return distributed.gather_with_grad(moved, sizes).movedim(0, dim)
+    return distributed.gather_no_grad(moved, sizes).movedim(0, dim)
 
 
 def mixed_label_targets(

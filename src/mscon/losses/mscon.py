@@ -18,7 +18,7 @@ from mscon import distributed
 from mscon.losses import _checks
 from mscon.losses.chunked import check_chunk_size
 from mscon.losses.fmicl import FMICLLoss
-from mscon.losses.functional import supcon_per_anchor, valid_means
+from mscon.losses.functional import ContrastiveOutput, supcon_per_anchor, valid_means
 from mscon.losses.weighting import WeightedTaskLoss
 
 __all__ = ["MSConLoss", "MSConFMICLLoss", "check_heads"]
@@ -48,6 +48,12 @@ def check_heads(
             f"{owner}: features must be a tensor (C, B, V, d) or a sequence of C tensors "
             f"(B, V, d), got {type(features).__name__}"
         )
+    # A stacked tensor is checked for finite values in one pass; heads by name on failure.
+    all_finite = (
+        isinstance(features, Tensor)
+        and features.shape[-1] >= 1
+        and bool(torch.isfinite(features).all())
+    )
     for i, z in enumerate(heads):
         name = f"features[{i}]"
         _checks.check_float_tensor(owner, name, z, "(B, V, d)")
@@ -61,7 +67,8 @@ def check_heads(
                 f"{owner}: every head must have the same batch size B = {heads[0].shape[0]}, "
                 f"got {name} of shape {_checks.shape_str(z.shape)}"
             )
-        _checks.check_embeddings(owner, name, z, "(B, V, d)")
+        if not all_finite:
+            _checks.check_embeddings(owner, name, z, "(B, V, d)")
     b = heads[0].shape[0]
     labels = _checks.check_labels(owner, "labels", labels, (b, c), "(B, C)")
     return heads, labels
@@ -169,19 +176,30 @@ class MSConLoss(WeightedTaskLoss):
     def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
         """Weighted sum of the per-similarity SupCon losses of ``features`` and ``labels``."""
         heads, labels = self._check(features, labels)
-        factors = self.weighting.temperature_factors()
-        outputs = [
-            supcon_per_anchor(
-                z,
-                labels[:, i],
-                temperature=self.temperature * factors[i],
-                form=self.form,
+        temperatures = self.temperature * self.weighting.temperature_factors()
+        if self._batchable(heads):  # one batched call: fewer, larger operations
+            stacked = features if isinstance(features, Tensor) else torch.stack(heads)
+            out = supcon_per_anchor(
+                stacked,
+                labels.T,
+                temperature=temperatures,
                 gather_distributed=self.gather_distributed,
-                instance_mix=self.instance_mix,
                 chunk_size=self.chunk_size,
             )
-            for i, z in enumerate(heads)
-        ]
+            outputs = [ContrastiveOutput(*pair) for pair in zip(*out, strict=True)]
+        else:
+            outputs = [
+                supcon_per_anchor(
+                    z,
+                    labels[:, i],
+                    temperature=temperatures[i],
+                    form=self.form,
+                    gather_distributed=self.gather_distributed,
+                    instance_mix=self.instance_mix,
+                    chunk_size=self.chunk_size,
+                )
+                for i, z in enumerate(heads)
+            ]
         losses, counts = valid_means(outputs, gather_distributed=self.gather_distributed)
         floors = chance = None
         if self.weighting.needs_floors:
@@ -195,6 +213,12 @@ class MSConLoss(WeightedTaskLoss):
             candidates = images * heads[0].shape[1]  # N = B * V views of the whole batch
             chance = torch.full_like(losses, math.log(max(candidates - 1, 1)))
         return self.combine(losses, counts, floors, chance)
+
+    def _batchable(self, heads: list[Tensor]) -> bool:
+        """Whether the C heads go through one batched call: same shape and dtype, L_out,
+        no instance mix (the cases the batched primitive covers)."""
+        same = all(z.shape == heads[0].shape and z.dtype == heads[0].dtype for z in heads)
+        return same and self.form == "out" and self.instance_mix == 0.0
 
     def _floor(self, labels: Tensor, views: int) -> Tensor:
         """H_c: the mean over valid anchors of the entropy of the anchor's target.
