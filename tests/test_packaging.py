@@ -27,6 +27,7 @@ def test_wheel_holds_the_shipped_configs(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for config in ("demo", "synthetic", "zappos50k-mscon", "medic-mscon"):
         assert f"mscon/configs/{config}.yaml" in names
+    assert "mscon/configs/demo_seeds.json" in names  # the demo's multi-seed reference
 
 
 def test_installed_wheel_trains_the_demo_config_outside_the_checkout(wheel, tmp_path):
