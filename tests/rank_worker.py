@@ -28,5 +28,6 @@ def worker_main(compute: Callable[[dict[str, Any], slice], Any]) -> None:
         data = torch.load(tmp / "inputs.pt")
         rows = slice(data["splits"][rank], data["splits"][rank + 1])
         torch.save(compute(data, rows), tmp / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
