@@ -49,7 +49,7 @@ from mscon.data import load_experiment_data
 from mscon.data.augment import ViewAugment, make_views
 from mscon.losses.functional import l2_normalize, supcon_loss
 from mscon.methods import Method
-from mscon.train import build_model, build_optimizer, warmup_cosine
+from mscon.train import build_model, build_optimizer, lr_scheduler, warmup_cosine
 
 VIEW_SEED = 20260415  # the fixed batch's views: the same for every variant and seed
 
@@ -179,11 +179,11 @@ def train_and_measure(config: Config, every: int, batch: int = 256) -> dict[str,
     optimizer = build_optimizer(config, method)
     warmup = round(t.warmup_epochs * steps_per_epoch)
     frozen = round(method.task_weight_warmup_epochs * steps_per_epoch)
-    schedules = [
+    scheduler = lr_scheduler(
+        optimizer,
         lambda s: warmup_cosine(s, warmup, total),
         lambda s: 0.0 if s < frozen else warmup_cosine(s, warmup, total),
-    ][: len(optimizer.param_groups)]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    )
     augments = [
         ViewAugment(config.data.image_size, kind, **config.augment.overrides)
         for kind in method.view_recipes(config.augment)

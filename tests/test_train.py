@@ -213,6 +213,67 @@ def test_log_vars_have_no_weight_decay(tiny_config):
     assert all(p is not method.loss_fn.log_vars for p in groups[0]["params"])
 
 
+def test_head_weight_decay_gives_the_heads_their_own_group(tiny_config):
+    from mscon.train import build_model, build_optimizer, lr_scheduler
+
+    config = tiny_config("mscon", **{"train.head_weight_decay": 0.01, "train.weight_decay": 0.001})
+    method = build_model(config, [8, 8, 3])
+    groups = build_optimizer(config, method).param_groups
+    assert [g.get("name") for g in groups] == [None, "heads", "task_weights"]
+    assert [g["weight_decay"] for g in groups] == [0.001, 0.01, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in method.encoder.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in method.heads.parameters()}
+    optimizer = build_optimizer(config, method)
+    scheduler = lr_scheduler(optimizer, lambda s: 0.5, lambda s: 0.0)  # by name, not position
+    assert [g["lr"] for g in optimizer.param_groups] == [
+        pytest.approx(config.train.lr * 0.5),
+        pytest.approx(config.train.lr * 0.5),
+        0.0,
+    ]
+    assert scheduler.last_epoch == 0
+
+
+@pytest.mark.parametrize("method_name", ["supcon", "multitask_ce", "sce"])
+def test_head_weight_decay_covers_every_method_outside_the_encoder(tiny_config, method_name):
+    from mscon.train import build_model, build_optimizer
+
+    config = tiny_config(method_name, **{"train.head_weight_decay": 0.05})
+    method = build_model(config, [8, 8, 3])
+    groups = build_optimizer(config, method).param_groups
+    encoder = {id(p) for p in method.encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == encoder
+    heads = groups[1]
+    assert heads["name"] == "heads" and heads["weight_decay"] == 0.05 and heads["params"]
+    assert not encoder & {id(p) for p in heads["params"]}
+    assert all(p.requires_grad for g in groups for p in g["params"])  # no teacher
+
+
+def test_head_options_train_and_resume(tiny_config, tmp_path):
+    from mscon.models.heads import NormalizedLinear
+    from mscon.train import build_model
+
+    overrides = {
+        "model.head_weight_norm": True,
+        "model.head_batch_norm": True,
+        "train.head_weight_decay": 0.05,
+        "train.epochs": 2,
+    }
+    config = tiny_config("mscon", **overrides)
+    train(config, stop_after=4)
+    run_dir = train(config, resume=True)
+    state = torch.load(run_dir / "checkpoints" / "last.pt")
+    keys = [k for k in state["model"] if k.startswith("heads.heads.0.net.")]
+    assert "heads.heads.0.net.3.weight" in keys and "heads.heads.0.net.3.bias" not in keys
+    uninterrupted = train(tiny_config("mscon", out=tmp_path / "whole", **overrides))
+    whole = torch.load(uninterrupted / "checkpoints" / "last.pt")
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0)
+    method = build_model(config, [8, 8, 3])
+    assert all(isinstance(head.net[-1], NormalizedLinear) for head in method.heads.heads)
+    with pytest.raises(ConfigError, match="train.head_weight_decay"):
+        train(tiny_config("mscon", **{**overrides, "train.head_weight_decay": 0.1}), resume=True)
+
+
 def test_weight_warmup_keeps_log_vars_fixed(tiny_config, tmp_path):
     config = tiny_config("mscon", **{"method.weight_warmup_epochs": 1, "train.epochs": 2})
     train(config, stop_after=4)  # one epoch = 4 steps: still frozen

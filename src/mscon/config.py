@@ -107,6 +107,7 @@ class ModelConfig(_Section):
     projection_dim: int = Field(128, ge=1)
     hidden_dim: int | None = Field(None, ge=1)
     head_batch_norm: bool = False
+    head_weight_norm: bool = False  # each projection head's last layer: unit-norm rows, no bias
     sync_batch_norm: bool = False  # SyncBatchNorm under torchrun (CUDA only; docs/distributed.md)
 
     @field_validator("backbone")
@@ -239,6 +240,8 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    # the projection heads' weight decay (None: weight_decay), against the coarse-head collapse
+    head_weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(2, ge=1)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,18 +70,46 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def build_optimizer(config: Config, method: Method) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with the learned task weights in a group without weight decay."""
+    """SGD (or AdamW) with the learned task weights in a group without weight decay (named
+    ``task_weights``) and, with ``train.head_weight_decay``, every trained parameter
+    outside the encoder (the heads) in a group of that decay (named ``heads``)."""
     t = config.train
-    exempt = {id(p) for p in method.no_weight_decay_parameters()}
-    regular = [p for p in method.parameters() if p.requires_grad and id(p) not in exempt]
-    groups: list[dict[str, Any]] = [{"params": regular, "weight_decay": t.weight_decay}]
+    no_decay = {id(p) for p in method.no_weight_decay_parameters()}
+    trained = [p for p in method.parameters() if p.requires_grad and id(p) not in no_decay]
+    groups: list[dict[str, Any]] = [{"params": trained, "weight_decay": t.weight_decay}]
+    if t.head_weight_decay is not None:
+        encoder = {id(p) for p in method.encoder.parameters()}
+        groups = [
+            {"params": [p for p in trained if id(p) in encoder], "weight_decay": t.weight_decay},
+            {
+                "params": [p for p in trained if id(p) not in encoder],
+                "weight_decay": t.head_weight_decay,
+                "name": "heads",
+            },
+        ]
     loss_params = [p for p in method.no_weight_decay_parameters() if p.requires_grad]
     if loss_params:
         lr = method.task_weight_lr if method.task_weight_lr is not None else t.lr
-        groups.append({"params": loss_params, "weight_decay": 0.0, "lr": lr})
+        groups.append(
+            {"params": loss_params, "weight_decay": 0.0, "lr": lr, "name": "task_weights"}
+        )
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: Callable[[int], float],
+    task_weight_schedule: Callable[[int], float],
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``task_weight_schedule`` for the optimiser's ``task_weights`` group, ``schedule``
+    for every other group (see :func:`build_optimizer`)."""
+    lambdas = [
+        task_weight_schedule if group.get("name") == "task_weights" else schedule
+        for group in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 @dataclass
@@ -224,8 +253,7 @@ def _run(
     def weight_schedule(s: int) -> float:  # the task weights stay put for `frozen` steps
         return 0.0 if s < frozen else warmup_cosine(s, warmup, total_steps)
 
-    schedules = [encoder_schedule, weight_schedule][: len(optimizer.param_groups)]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    scheduler = lr_scheduler(optimizer, encoder_schedule, weight_schedule)
     amp_dtype = _amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step = 0

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mscon.models import LinearHeads, MultiHead, ProjectionHead
-from mscon.models.heads import RunningCenter
+from mscon.models.heads import NormalizedLinear, RunningCenter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,6 +26,44 @@ def test_projection_head_hidden_dim_and_batch_norm() -> None:
     assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
     assert head.net[0].out_features == 24 and head.net[0].bias is None
     assert head(torch.randn(4, 16)).shape == (4, 8)
+
+
+def test_normalized_linear_has_unit_rows_and_no_bias() -> None:
+    torch.manual_seed(0)
+    layer = NormalizedLinear(6, 4)
+    x = torch.randn(5, 6)
+    rows = layer.weight / layer.weight.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer(x), x @ rows.T)
+    before = layer(x)
+    with torch.no_grad():  # scaling a row leaves the layer unchanged
+        layer.weight[0] *= 7.0
+    torch.testing.assert_close(layer(x), before)
+    assert [name for name, _ in layer.named_parameters()] == ["weight"]
+    assert layer(torch.zeros(1, 6)).abs().max() == 0  # no bias
+    assert layer(x.double()).dtype == torch.float64
+
+
+def test_normalized_linear_output_is_bounded_by_its_input() -> None:
+    torch.manual_seed(0)
+    layer = NormalizedLinear(8, 3)
+    with torch.no_grad():
+        layer.weight.mul_(1000.0)  # a grown weight cannot grow the output
+    x = torch.randn(10, 8)
+    assert (layer(x).abs() <= x.norm(dim=1, keepdim=True) + 1e-5).all()
+
+
+def test_normalized_linear_gradient_is_finite_and_checked() -> None:
+    layer = NormalizedLinear(5, 3).double()
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_projection_head_weight_norm_replaces_the_last_layer() -> None:
+    head = ProjectionHead(16, out_dim=8, batch_norm=True, weight_norm=True)
+    assert [type(m) for m in head.net] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, NormalizedLinear]
+    assert head(torch.randn(4, 16)).shape == (4, 8)
+    heads = MultiHead(16, num_heads=2, out_dim=8, weight_norm=True)
+    assert all(isinstance(h.net[-1], NormalizedLinear) for h in heads.heads)
 
 
 def test_multi_head_stacks_independent_heads() -> None:

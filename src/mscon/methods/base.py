@@ -63,7 +63,8 @@ def with_heads(
     cls: type[Method], config: Config, encoder: nn.Module, feature_dim: int, **options: Any
 ) -> Method:
     """``cls(encoder, feature_dim, data.similarities, **options)`` with ``config.model``'s
-    projection-head options (``projection_dim``, ``hidden_dim``, ``batch_norm``)."""
+    projection-head options (``projection_dim``, ``hidden_dim``, ``batch_norm``,
+    ``weight_norm``)."""
     return cls(
         encoder,
         feature_dim,
@@ -71,6 +72,7 @@ def with_heads(
         projection_dim=config.model.projection_dim,
         hidden_dim=config.model.hidden_dim,
         batch_norm=config.model.head_batch_norm,
+        weight_norm=config.model.head_weight_norm,
         **options,
     )
 

@@ -115,6 +115,7 @@ class MSCon(Method):
         projection_dim: int = 128,
         hidden_dim: int | None = None,
         batch_norm: bool = False,
+        weight_norm: bool = False,
         instance_similarity: bool = False,
         instance_mix: float = 0.0,
         head_center_momentum: float | None = None,
@@ -126,7 +127,13 @@ class MSCon(Method):
         self.instance_similarity = instance_similarity
         heads = len(columns) + int(instance_similarity)
         self.heads = MultiHead(
-            feature_dim, heads, projection_dim, hidden_dim, batch_norm, head_center_momentum
+            feature_dim,
+            heads,
+            projection_dim,
+            hidden_dim,
+            batch_norm,
+            head_center_momentum,
+            weight_norm,
         )
         self.prototype_weight = prototype_weight
         self.prototypes: Prototypes | None = None

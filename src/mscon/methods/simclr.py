@@ -42,9 +42,10 @@ class SimCLR(Method):
         projection_dim: int = 128,
         hidden_dim: int | None = None,
         batch_norm: bool = False,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
-        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm, weight_norm)
         self.pair_loss = NTXentLoss(temperature=temperature, gather_distributed=True)
         self.multi_view_loss = SupConLoss(temperature=temperature, gather_distributed=True)
 

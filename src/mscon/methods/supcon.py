@@ -39,9 +39,10 @@ class SupCon(Method):
         projection_dim: int = 128,
         hidden_dim: int | None = None,
         batch_norm: bool = False,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
-        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm)
+        self.head = ProjectionHead(feature_dim, projection_dim, hidden_dim, batch_norm, weight_norm)
         self.loss_fn = SupConLoss(temperature=temperature, form=form, gather_distributed=True)
 
     @classmethod

@@ -1,7 +1,8 @@
 """Heads on top of the shared encoder: projection heads (contrastive) and linear classifiers.
 
 * :class:`ProjectionHead`: SupCon's head, Linear(D, H) -> [BatchNorm] -> ReLU -> Linear(H, d),
-  H = D unless given, d = 128 (SPEC section 4). SCE's projector uses the BatchNorm.
+  H = D unless given, d = 128 (SPEC section 4). SCE's projector uses the BatchNorm; with
+  ``weight_norm`` the last layer is a :class:`NormalizedLinear`.
 * :class:`MultiHead`: one projection head per similarity, outputs stacked to (C, B, d), the
   input :class:`~mscon.losses.MSConLoss` takes. Outputs are not normalised (the losses do it).
 * :class:`RunningCenter`: subtracts a running mean of its input (DINO's centring), so a
@@ -29,6 +30,42 @@ from torch import nn
 from mscon import distributed
 
 
+class NormalizedLinear(nn.Module):
+    """y = x V^T with each row of V scaled to unit norm: a bias-free linear layer under
+    weight normalisation with a fixed gain of 1 (only V's directions are learned).
+
+    Before an L2 normalisation (every contrastive head's) the output's scale is lost,
+    so a plain last layer can grow its weights and bias without bound: a head that
+    maps every view near one point does so by a large constant output, and the
+    gradient through the normalisation falls with that output's norm (the coarse-head
+    collapse, docs/results.md). Here the output is bounded by the input's norm.
+
+    Args:
+        in_dim: input features.
+        out_dim: output features.
+
+    Example:
+        >>> import torch
+        >>> layer = NormalizedLinear(3, 2)
+        >>> layer.weight.data = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
+        >>> layer(torch.tensor([[1.0, 1.0, 1.0]]))
+        tensor([[1.4000, 1.0000]])
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach())
+        self.in_features, self.out_features = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (B, in_dim) to (B, out_dim)."""
+        weight = self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return nn.functional.linear(x, weight.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
 class ProjectionHead(nn.Module):
     """Two-layer MLP projection g: Linear(D, H) -> [BatchNorm1d(H)] -> ReLU -> Linear(H, d).
 
@@ -38,6 +75,8 @@ class ProjectionHead(nn.Module):
         hidden_dim: H; defaults to ``in_dim``.
         batch_norm: add BatchNorm1d after the first linear layer (SCE's projector); the
             first linear layer then has no bias.
+        weight_norm: the last layer is a :class:`NormalizedLinear` (unit-norm rows, no
+            bias) instead of a Linear.
 
     Example:
         >>> import torch
@@ -51,13 +90,15 @@ class ProjectionHead(nn.Module):
         out_dim: int = 128,
         hidden_dim: int | None = None,
         batch_norm: bool = False,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__()
         hidden = hidden_dim or in_dim
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=not batch_norm)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(hidden))
-        layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)]
+        last = NormalizedLinear(hidden, out_dim) if weight_norm else nn.Linear(hidden, out_dim)
+        layers += [nn.ReLU(inplace=True), last]
         self.net = nn.Sequential(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 
@@ -127,6 +168,7 @@ class MultiHead(nn.Module):
         batch_norm: BatchNorm in each head (see :class:`ProjectionHead`).
         center_momentum: when given, each head's output passes through a
             :class:`RunningCenter` with this momentum (None: no centring).
+        weight_norm: each head's last layer is a :class:`NormalizedLinear`.
 
     Example:
         >>> import torch
@@ -142,12 +184,14 @@ class MultiHead(nn.Module):
         hidden_dim: int | None = None,
         batch_norm: bool = False,
         center_momentum: float | None = None,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads: expected >= 1, got {num_heads}")
         self.heads = nn.ModuleList(
-            ProjectionHead(in_dim, out_dim, hidden_dim, batch_norm) for _ in range(num_heads)
+            ProjectionHead(in_dim, out_dim, hidden_dim, batch_norm, weight_norm)
+            for _ in range(num_heads)
         )
         if center_momentum is not None:
             for head in self.heads:
