@@ -26,6 +26,9 @@ Examples:
     # the heads of finished runs (e.g. a method_grid.py study), at their last checkpoint:
     python benchmarks/head_collapse.py --runs runs/study/*/seed*
 
+    # how low r can get for a 3-class similarity its features separate to 50..100 %:
+    python benchmarks/head_collapse.py --ideal 0.5 0.6 0.7 0.8 0.9 1.0
+
 Outputs OUT/LABEL/seedN.json (every measurement) and OUT/collapse.md; ``--runs``
 prints one row per run and head.
 """
@@ -97,6 +100,45 @@ def effective_rank(z: torch.Tensor) -> float:
     p = singular / singular.sum().clamp_min(1e-300)
     p = p[p > 0]
     return math.exp(-(p * p.log()).sum().item())
+
+
+def ideal_head_r(
+    accuracy: float,
+    classes: int = 3,
+    batch: int = 256,
+    temperature: float = 0.1,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """r of an idealised head fed by a classifier of the given top-1 ``accuracy``.
+
+    ``batch`` images of ``classes`` balanced classes; each is predicted right with
+    probability ``accuracy``, else as one of the other classes at random; both views
+    of an image go to normalize(e_0 + eps v_k), v_k the corner of its predicted class
+    on a simplex orthogonal to e_0 (so eps sets how far apart the classes sit). Returns
+    (r, eps) at the best eps of a grid: how far below 1 a head can get when the
+    features it reads separate the classes only that well. Not a bound (a head may
+    place uncertain images between the corners); a model of how the yardstick
+    depends on separability.
+
+    Example:
+        >>> round(ideal_head_r(1.0)[0], 3) < 0.01 < round(ideal_head_r(0.5)[0], 3)
+        True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(batch) % classes
+    wrong = torch.rand(batch, generator=generator) >= accuracy
+    shift = torch.randint(1, classes, (batch,), generator=generator)
+    predicted = torch.where(wrong, (labels + shift) % classes, labels)
+    corners = torch.zeros(classes, classes + 1, dtype=torch.float64)
+    corners[:, 1:] = torch.eye(classes, dtype=torch.float64) - 1.0 / classes
+    apex = torch.zeros(classes + 1, dtype=torch.float64)
+    apex[0] = 1.0
+    best = (math.inf, 0.0)
+    for eps in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 4.0, 8.0):
+        z = l2_normalize(apex + eps * corners[predicted]).unsqueeze(1).expand(-1, 2, -1)
+        loss = supcon_loss(z, labels, temperature=temperature).item()
+        best = min(best, (relative_loss(loss, labels, 2), eps))
+    return best
 
 
 def measure(
@@ -279,7 +321,21 @@ def main() -> None:
         help="a label and its overrides",
     )
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument(
+        "--ideal",
+        type=float,
+        nargs="+",
+        metavar="ACCURACY",
+        help="print r of an idealised 3-class head at these classifier accuracies (0-1)",
+    )
     args = parser.parse_args()
+    if args.ideal:
+        lines = ["| accuracy | r of the idealised head | eps |", "|---|---|---|"]
+        for accuracy in args.ideal:
+            r, eps = ideal_head_r(accuracy, batch=args.batch)
+            lines.append(f"| {100 * accuracy:.0f} % | {r:.3f} | {eps:g} |")
+        print("\n".join(lines))
+        return
     if args.runs:
         print(runs_table(args.runs, args.batch))
         return

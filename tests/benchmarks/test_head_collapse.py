@@ -26,6 +26,15 @@ def test_relative_loss_is_one_for_one_point_and_zero_at_the_floor():
     assert head_collapse.relative_loss(separated, labels, views=2) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_ideal_head_r_falls_with_the_accuracy_of_its_features():
+    values = [head_collapse.ideal_head_r(a)[0] for a in (0.34, 0.6, 0.8, 1.0)]
+    assert values == sorted(values, reverse=True)
+    assert values[0] == pytest.approx(1.0, abs=0.01)  # chance: nothing beats one point
+    assert values[-1] < 0.01  # perfect features: the floor
+    r, eps = head_collapse.ideal_head_r(0.8, classes=2, batch=64, temperature=0.2)
+    assert 0 < r < 1 and eps > 0
+
+
 def test_effective_rank_counts_directions():
     assert head_collapse.effective_rank(torch.ones(10, 4)) == pytest.approx(1.0)
     assert head_collapse.effective_rank(torch.eye(4).repeat(3, 1)) == pytest.approx(4.0)
