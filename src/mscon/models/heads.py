@@ -48,7 +48,7 @@ class NormalizedLinear(nn.Module):
         >>> import torch
         >>> layer = NormalizedLinear(3, 2)
         >>> layer.weight.data = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
-        >>> layer(torch.tensor([[1.0, 1.0, 1.0]]))
+        >>> layer(torch.tensor([[1.0, 1.0, 1.0]])).detach()
         tensor([[1.4000, 1.0000]])
     """
 
