@@ -131,3 +131,10 @@ def test_shipped_configs_are_found_by_name_and_listed():
     assert {"demo", "synthetic", "zappos50k-mscon", "medic-mscon"} <= set(available_configs())
     with pytest.raises(ConfigError, match="did you mean 'demo'"):
         load_config("dmeo")
+
+
+@pytest.mark.parametrize("key", ["model.head_batch_norm", "model.head_weight_norm"])
+def test_multitask_ce_refuses_projection_head_switches(key):
+    with pytest.raises(ConfigError, match=f"{key}: multitask_ce has linear classifiers"):
+        load_config("demo", ["method.name=multitask_ce", f"{key}=true"])
+    assert getattr(load_config("demo", [f"{key}=true"]).model, key.split(".")[1]) is True

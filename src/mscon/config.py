@@ -240,7 +240,7 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
-    # the projection heads' weight decay (None: weight_decay), against the coarse-head collapse
+    # weight decay of every trained parameter outside the encoder (None: weight_decay)
     head_weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)

@@ -19,6 +19,15 @@ class MultiTaskCEConfig(TaskWeightsConfig):
     name: Literal["multitask_ce"] = "multitask_ce"
     weighting: str = "uncertainty"
 
+    def check_config(self, config: Config) -> None:
+        super().check_config(config)
+        for key in ("head_batch_norm", "head_weight_norm"):
+            if getattr(config.model, key):
+                raise ValueError(
+                    f"model.{key}: multitask_ce has linear classifiers, no projection head "
+                    "for it to change. Leave it false"
+                )
+
 
 @register_method("multitask_ce")
 class MultiTaskCE(Method):
