@@ -6,9 +6,16 @@ frozen encoder's features of the train split, rescaled so that 0 is chance (the
 sum of squared class frequencies) and 1 is perfect agreement. Unlike the heads'
 losses, this does not depend on whether a projection head collapsed.
 
-Example (docs/results.md):
+With ``--noise`` it also prints, per similarity, the estimated share of random
+labels that MSCon's ``consistency`` weighting uses
+(:func:`mscon.methods.consistency.label_noise`, k = 100, purest 0.1) on the first
+4,096 images of the train split (the default bank's size).
+
+Examples (docs/results.md):
     python benchmarks/label_consistency.py runs/weights/relative_c0{00,25,50}/seed0 \
         runs/weights/relative_c100/seed0
+    python benchmarks/label_consistency.py --noise runs/weights_wn/relative_c0{00,25,50}/seed0 \
+        runs/weights_wn/relative_c100/seed0
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ def consistency(features: torch.Tensor, labels: torch.Tensor, k: int = 20) -> fl
     return (agreement - chance) / (1 - chance) if chance < 1 else 0.0
 
 
-def run_consistency(run_dir: Path) -> dict[str, float]:
+BANK = 4096  # the default method.consistency_bank
+
+
+def run_consistency(run_dir: Path, noise: bool = False) -> dict[str, float]:
     from mscon.data import load_experiment_data
     from mscon.data.augment import to_float
     from mscon.evaluate import extract_features
@@ -44,20 +54,31 @@ def run_consistency(run_dir: Path) -> dict[str, float]:
     features = torch.as_tensor(
         extract_features(encoder, data.images, to_float, batch_size=256, device="cpu")
     )
+    from mscon.methods.consistency import label_noise
+
     result = {}
     for column in config.data.similarities:
         labels = torch.as_tensor(data.labels[column]).long()
         known = labels >= 0
         result[column] = consistency(features[known], labels[known])
+        if noise:
+            first, kept = features[:BANK], labels[:BANK]
+            mine = kept >= 0
+            result[f"{column} noise"] = label_noise(
+                first[mine], kept[mine], torch.arange(len(kept))[mine], data.num_classes(column)
+            )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with checkpoints/)")
+    parser.add_argument(
+        "--noise", action="store_true", help="also the consistency weighting's noise estimate"
+    )
     args = parser.parse_args()
     for run_dir in args.runs:
-        values = run_consistency(run_dir)
+        values = run_consistency(run_dir, args.noise)
         cells = ", ".join(f"{c} {v:.2f}" for c, v in values.items())
         print(f"{run_dir}: {cells}", flush=True)
 

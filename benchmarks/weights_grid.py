@@ -43,6 +43,7 @@ VARIANTS: dict[str, list[str]] = {
     "relative_mix02": ["method.weighting=relative", "method.instance_mix=0.2"],
     "equal_mix": ["method.weighting=equal", "method.instance_mix=0.5"],
     "normalized": ["method.weighting=normalized", "method.instance_mix=0"],
+    "consistency": ["method.weighting=consistency", "method.instance_mix=0"],
     "excess": ["method.weighting=excess", "method.instance_mix=0"],
     "temperature": ["method.weighting=temperature", "method.instance_mix=0"],
     "uncertainty_slow": [

@@ -52,6 +52,30 @@ def test_resumed_run_ends_where_uninterrupted_one_does(tiny_config, tmp_path):
     assert strip == again
 
 
+def test_consistency_weighting_resumes_to_the_uninterrupted_result(tiny_config, tmp_path):
+    options = {
+        "method.weighting": "consistency",
+        "method.consistency_bank": 32,  # full after 2 steps of 16 images
+        "method.consistency_neighbours": 8,
+        "method.consistency_every": 1,
+        "data.corrupt": "{color: 1.0}",
+    }
+    full = train(tiny_config("mscon", out=tmp_path / "full", **options))
+    config = tiny_config("mscon", out=tmp_path / "cut", **options)
+    train(config, stop_after=3)
+    resumed = train(config, resume=True)
+    a, b = (torch.load(d / "checkpoints" / "last.pt")["model"] for d in (full, resumed))
+    assert "noise_bank.features" in a
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=0, msg=key)
+    records = read_metrics(full)
+    assert records[0]["weights"] == {"shape": 1.0, "color": 1.0, "size": 1.0}  # bank not full
+    assert records[-1]["weights"] != records[0]["weights"]
+    assert sum(records[-1]["weights"].values()) == pytest.approx(3.0, rel=1e-5)
+    assert set(records[-1]["label_noise"]) == {"shape", "color", "size"}
+    assert [r["weights"] for r in read_metrics(resumed)] == [r["weights"] for r in records]
+
+
 def test_existing_run_is_protected(tiny_config):
     config = tiny_config("simclr", **{"train.epochs": 1})
     train(config)

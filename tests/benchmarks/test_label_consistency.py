@@ -17,3 +17,14 @@ def test_clustered_labels_are_fully_consistent_and_random_ones_are_at_chance():
     half = labels.clone()
     half[::2] = shuffled[::2]  # half the labels random: agreement falls, stays above chance
     assert 0.2 < consistency(features, half) < 0.9
+
+
+def test_the_script_reports_the_noise_estimate_of_a_run(tmp_path, tiny_config):
+    from label_consistency import run_consistency
+
+    from mscon.train import train
+
+    run_dir = train(tiny_config("mscon", **{"train.epochs": 1}))
+    values = run_consistency(run_dir, noise=True)
+    assert set(values) == {"shape", "color", "size", "shape noise", "color noise", "size noise"}
+    assert all(0.0 <= values[f"{c} noise"] <= 1.0 for c in ("shape", "color", "size"))

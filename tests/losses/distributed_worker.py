@@ -282,6 +282,13 @@ METHOD_CASES = {  # name -> overrides of the demo config
     "supcon": {"method.name": "supcon"},
     "mscon": {"method.name": "mscon"},
     "mscon_instance": {"method.name": "mscon", "method.instance_similarity": True},
+    "mscon_consistency": {  # the bank takes every rank's rows: the same weights everywhere
+        "method.name": "mscon",
+        "method.weighting": "consistency",
+        "method.consistency_bank": 6,
+        "method.consistency_neighbours": 4,
+        "method.consistency_every": 1,
+    },
     "mscon_fmicl": {"method.name": "mscon", "method.base_loss": "fmicl"},
     "multitask_ce": {"method.name": "multitask_ce"},
     "fmicl": {"method.name": "fmicl"},

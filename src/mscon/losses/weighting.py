@@ -30,6 +30,10 @@ parameter group without weight decay). The modes (the config value
   about 1 for a similarity the encoder cannot learn (noisy labels) and falls as it
   is learnt, whatever its number of classes. Batches where :math:`U_c - H_c`
   is about 0 (every view a positive) do not move :math:`s_c`.
+* ``consistency``: :math:`L = \sum_c w_c L_c` with weights the caller supplies
+  (:meth:`TaskWeighting.set_weights`; ones until then). MSCon sets them each
+  step from how random each similarity's labels look to the encoder
+  (:mod:`mscon.methods.consistency`), a signal the losses cannot compute.
 * ``excess``: the uncertainty form on the excess over the loss's floor,
   :math:`\sum_c [e^{-s_c} (L_c - H_c) + s_c/2]`, with :math:`H_c` the mean of
   :math:`\log|P(i)|` over the valid anchors (the L_out floor; SPEC section 4).
@@ -78,11 +82,14 @@ class WeightingMode:
         name: the config value.
         learnable: whether ``log_vars`` is trained (``requires_grad``).
         uses_weights: whether the mode takes user ``weights`` (C,).
+        supplied: whether the weights come from the caller each step
+            (:meth:`TaskWeighting.set_weights`).
     """
 
     name: ClassVar[str] = ""
     learnable: ClassVar[bool] = False
     uses_weights: ClassVar[bool] = False
+    supplied: ClassVar[bool] = False
     needs_floors: ClassVar[bool] = False
 
     def task_weights(self, w: TaskWeighting) -> Tensor:
@@ -265,6 +272,17 @@ class FixedWeighting(WeightingMode):
         return w.fixed_weights.clone()
 
 
+@register_weighting_mode
+class SuppliedWeighting(WeightingMode):
+    """``sum_c w_c L_c`` with weights the caller sets (MSCon: from label consistency)."""
+
+    name = "consistency"
+    supplied = True
+
+    def task_weights(self, w: TaskWeighting) -> Tensor:
+        return w.fixed_weights.clone()
+
+
 class TaskWeighting(nn.Module):
     r"""Combine C task losses into one scalar (SPEC section 4).
 
@@ -279,7 +297,8 @@ class TaskWeighting(nn.Module):
     Attributes:
         log_vars: ``nn.Parameter`` (C,), :math:`s_c = \log\sigma_c^2`, zeros at start;
             ``requires_grad`` only in learned modes.
-        fixed_weights: (C,) buffer, the ``fixed`` weights (ones otherwise).
+        fixed_weights: (C,) buffer, the ``fixed`` weights, or the supplied ones of
+            ``consistency`` (ones otherwise).
 
     Calling the module with ``losses`` (C,) and ``valid`` (C,) bool returns
     :math:`\sum_{c:\,valid_c} [m_c L_c + r_c]`, with the mode's multiplier
@@ -347,6 +366,21 @@ class TaskWeighting(nn.Module):
     def task_weights(self) -> Tensor:
         """(C,) effective multiplier on each L_c (exp(-s_c), 1, or the fixed weights)."""
         return self.strategy.task_weights(self)
+
+    def set_weights(self, weights: Tensor) -> None:
+        """Set the (C,) weights of a mode with supplied weights (``consistency``)."""
+        if not self.strategy.supplied:
+            raise ValueError(
+                f"TaskWeighting: set_weights is for weighting='consistency', not {self.mode!r}"
+            )
+        if tuple(weights.shape) != (self.num_tasks,) or not bool(
+            torch.isfinite(weights).all() and (weights >= 0).all()
+        ):
+            raise ValueError(
+                f"TaskWeighting: set_weights needs {self.num_tasks} finite non-negative "
+                f"weights, got {weights.tolist()}"
+            )
+        self.fixed_weights.copy_(weights.detach())
 
     def temperature_factors(self) -> Tensor:
         """(C,) factor on each task's temperature (exp(s_c) for ``temperature``, else 1)."""

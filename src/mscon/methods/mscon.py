@@ -18,6 +18,7 @@ from mscon.methods.base import (
     with_heads,
     with_task_weight_options,
 )
+from mscon.methods.consistency import LabelNoiseBank, consistency_weights
 from mscon.methods.fmicl import FMICL_KEYS, FMICLOptions, tsallis_only
 from mscon.models.heads import MultiHead, Prototypes
 
@@ -25,6 +26,7 @@ from mscon.models.heads import MultiHead, Prototypes
 # (docs/results.md). f-MICL losses can be negative: only MSConFMICLLoss.WEIGHTINGS apply.
 DEFAULT_WEIGHTING = {"supcon": "relative", "fmicl": "equal"}
 SUPCON_KEYS = ("temperature", "form", "instance_mix")
+CONSISTENCY_KEYS = ("consistency_bank", "consistency_neighbours", "consistency_every")
 
 
 class MSConConfig(TaskWeightsConfig, FMICLOptions):
@@ -41,6 +43,10 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     (:class:`~mscon.models.heads.RunningCenter`), against the coarse-head collapse.
     ``prototype_weight`` > 0 adds that times a cross-entropy on learned class
     prototypes of each head's embeddings (:class:`~mscon.models.heads.Prototypes`).
+    ``weighting: consistency`` weights each similarity by how random its labels look
+    to the encoder (:mod:`mscon.methods.consistency`) and reads ``consistency_bank``
+    (images whose features are kept), ``consistency_neighbours`` (k) and
+    ``consistency_every`` (steps between estimates).
     """
 
     name: Literal["mscon"] = "mscon"
@@ -52,12 +58,16 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     instance_mix: float = Field(0.0, ge=0, lt=1)
     head_center_momentum: float | None = Field(None, ge=0, lt=1)
     prototype_weight: float = Field(0.0, ge=0)
+    consistency_bank: int = Field(4096, ge=2)
+    consistency_neighbours: int = Field(100, ge=1)
+    consistency_every: int = Field(10, ge=1)
 
     @classmethod
     def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
+        inactive = set() if values.get("weighting") == "consistency" else set(CONSISTENCY_KEYS)
         if values.get("base_loss", "supcon") == "fmicl":
-            return set(SUPCON_KEYS) | tsallis_only(values)
-        return set(FMICL_KEYS)
+            return inactive | set(SUPCON_KEYS) | tsallis_only(values)
+        return inactive | set(FMICL_KEYS)
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +90,14 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     def num_tasks(self, config: Config) -> int:
         return len(config.data.similarities) + int(self.instance_similarity)
 
+    def consistency_kwargs(self) -> dict[str, int]:
+        """:class:`~mscon.methods.consistency.LabelNoiseBank`'s options from this section."""
+        return {
+            "size": self.consistency_bank,
+            "neighbours": self.consistency_neighbours,
+            "every": self.consistency_every,
+        }
+
 
 @register_method("mscon")
 class MSCon(Method):
@@ -96,7 +114,12 @@ class MSCon(Method):
     the loss is the weighted MSCon loss plus λ Σ_c CE_c, CE_c the cross-entropy of
     the cosine logits of head c's embeddings (every view) against learned class
     prototypes at ``temperature`` (:class:`~mscon.models.heads.Prototypes`; missing
-    labels left out): a gradient for a head where SupCon has none.
+    labels left out): a gradient for a head where SupCon has none. With
+    ``consistency`` (a dict of :class:`~mscon.methods.consistency.LabelNoiseBank`'s
+    options) the loss's weighting must be ``consistency``: each training step adds
+    the first view's encoder features to the bank and, when it re-estimates, sets
+    the weights to :func:`~mscon.methods.consistency.consistency_weights` of the
+    estimates (the instance similarity counts as clean).
     """
 
     INSTANCE = "instance"
@@ -122,6 +145,7 @@ class MSCon(Method):
         num_classes: list[int] | None = None,
         prototype_weight: float = 0.0,
         fmicl: dict[str, Any] | None = None,
+        consistency: dict[str, int] | None = None,
     ) -> None:
         super().__init__(encoder, feature_dim, columns)
         self.instance_similarity = instance_similarity
@@ -159,6 +183,15 @@ class MSCon(Method):
                 instance_mix=instance_mix,
                 gather_distributed=True,
             )
+        self.noise_bank: LabelNoiseBank | None = None
+        if (consistency is not None) != (weighting == "consistency"):
+            raise ValueError("MSCon: consistency options go with weighting='consistency' only")
+        if consistency is not None:
+            if num_classes is None or len(num_classes) != len(columns):
+                raise ValueError(
+                    f"weighting consistency needs num_classes per column, got {num_classes}"
+                )
+            self.noise_bank = LabelNoiseBank(num_classes, feature_dim, **consistency)
 
     @classmethod
     def from_config(
@@ -180,6 +213,7 @@ class MSCon(Method):
             num_classes=num_classes,
             prototype_weight=m.prototype_weight,
             fmicl=m.fmicl_kwargs() if m.base_loss == "fmicl" else None,
+            consistency=m.consistency_kwargs() if m.weighting == "consistency" else None,
         )
         return with_task_weight_options(method, m)
 
@@ -187,7 +221,10 @@ class MSCon(Method):
         self, views: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         batch, num_views = views.shape[:2]
-        z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
+        features = self.encode_views(views)  # (B, V, D)
+        if self.noise_bank is not None and self.training:
+            self._update_consistency_weights(features[:, 0], labels, index)
+        z = self.heads(features.flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
         prototype_loss = None
         if self.prototypes is not None:  # per-rank mean: DDP's gradient average is global
@@ -204,10 +241,26 @@ class MSCon(Method):
             loss = loss + self.prototype_weight * prototype_loss
         return {"loss": loss}
 
+    def _update_consistency_weights(
+        self, features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None
+    ) -> None:
+        assert self.noise_bank is not None
+        if index is None:
+            raise ValueError("MSCon: weighting 'consistency' needs each image's dataset index")
+        if self.noise_bank.update(features, labels, index):
+            noise = self.noise_bank.noise
+            if self.instance_similarity:  # the instance labels are exact
+                noise = torch.cat([noise, noise.new_zeros(1)])
+            self.loss_fn.weighting.set_weights(consistency_weights(noise))
+
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         return [self.loss_fn.log_vars]
 
     def log_values(self) -> dict[str, Any]:
-        return task_log_values(
+        values = task_log_values(
             self.columns + [self.INSTANCE] * self.instance_similarity, self.loss_fn
         )
+        if self.noise_bank is not None:
+            noise = self.noise_bank.noise.tolist()
+            values["label_noise"] = dict(zip(self.columns, noise, strict=True))
+        return values

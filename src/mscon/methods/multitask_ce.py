@@ -21,6 +21,11 @@ class MultiTaskCEConfig(TaskWeightsConfig):
 
     def check_config(self, config: Config) -> None:
         super().check_config(config)
+        if self.weighting == "consistency":
+            raise ValueError(
+                "method.weighting: 'consistency' is MSCon's (its weights come from the "
+                "encoder's features each step); multitask_ce cannot supply them"
+            )
         for key in ("head_batch_norm", "head_weight_norm"):
             if getattr(config.model, key):
                 raise ValueError(
