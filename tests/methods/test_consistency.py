@@ -163,7 +163,10 @@ def _method(**options):
 
 def test_the_method_weights_similarities_by_their_estimated_noise():
     method = _method(**{"method.instance_similarity": True})
-    views = torch.rand(12, 2, 3, 8, 8)
+    from mscon.config import AugmentConfig
+
+    assert method.view_recipes(AugmentConfig()) == ["simclr", "simclr", "none"]
+    views = torch.rand(12, 3, 3, 8, 8)  # two augmented, the last one plain
     labels = torch.stack(
         [torch.arange(12) % 8, torch.zeros(12, dtype=torch.long), torch.arange(12) % 3], 1
     )
@@ -174,6 +177,11 @@ def test_the_method_weights_similarities_by_their_estimated_noise():
     method(views, labels, torch.arange(12))
     noise = method.noise_bank.noise
     assert int(method.noise_bank.filled) == 12 and noise[1] == 0  # one colour: nothing random
+    method.eval()
+    with torch.no_grad():
+        plain = method.encoder(views[:, -1])
+    torch.testing.assert_close(method.noise_bank.features, plain)  # the plain view's
+    method.train()
     logged = method.log_values()
     assert set(logged["label_noise"]) == {"shape", "color", "size"}
     want = consistency_weights(torch.cat([noise, torch.zeros(1)]))

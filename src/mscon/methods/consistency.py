@@ -36,8 +36,8 @@ random labels 0.28 / 0.62 / 0.89 (``benchmarks/label_consistency.py``).
 Uniform noise is an assumption: noise that confuses neighbouring classes only
 looks like a clean similarity the encoder confuses, and reads low.
 
-:class:`LabelNoiseBank` keeps the bank: the first view's encoder features,
-labels and dataset indices of the last ``size`` images (gathered from every
+:class:`LabelNoiseBank` keeps the bank: the encoder's features of the plain
+(un-augmented) images, their labels and dataset indices of the last ``size`` images (gathered from every
 rank under DDP, so every rank holds the same bank and computes the same
 weights), and re-estimates every ``every`` training steps once it is full.
 Its buffers are in the method's ``state_dict``, so a resumed run continues
@@ -176,7 +176,7 @@ class LabelNoiseBank(nn.Module):
         """Add this rank's rows (every rank's under DDP); True when ``noise`` was re-estimated.
 
         Args:
-            features: (B, D) encoder features of one view per image.
+            features: (B, D) encoder features, one row per image.
             labels: (B, C) labels (-1: missing).
             index: (B,) dataset indices.
         """

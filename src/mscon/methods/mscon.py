@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from mscon import distributed
-from mscon.config import Config, TaskWeightsConfig
+from mscon.config import AugmentConfig, Config, TaskWeightsConfig
 from mscon.losses import MSConFMICLLoss, MSConLoss, MultiTaskCELoss
 from mscon.methods.base import (
     Method,
@@ -116,8 +116,10 @@ class MSCon(Method):
     prototypes at ``temperature`` (:class:`~mscon.models.heads.Prototypes`; missing
     labels left out): a gradient for a head where SupCon has none. With
     ``consistency`` (a dict of :class:`~mscon.methods.consistency.LabelNoiseBank`'s
-    options) the loss's weighting must be ``consistency``: each training step adds
-    the first view's encoder features to the bank and, when it re-estimates, sets
+    options) the loss's weighting must be ``consistency``: the method asks for one
+    more view, the plain resized image (:meth:`view_recipes`), and each training step
+    adds its encoder features (eval mode, no gradient) to the bank and, when it
+    re-estimates, sets
     the weights to :func:`~mscon.methods.consistency.consistency_weights` of the
     estimates (the instance similarity counts as clean).
     """
@@ -220,11 +222,12 @@ class MSCon(Method):
     def forward(
         self, views: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
+        if self.noise_bank is not None:  # the last view is the plain image, for the bank
+            views, plain = views[:, :-1], views[:, -1]
+            if self.training:
+                self._update_consistency_weights(plain, labels, index)
         batch, num_views = views.shape[:2]
-        features = self.encode_views(views)  # (B, V, D)
-        if self.noise_bank is not None and self.training:
-            self._update_consistency_weights(features[:, 0], labels, index)
-        z = self.heads(features.flatten(0, 1))  # (C, B*V, d)
+        z = self.heads(self.encode_views(views).flatten(0, 1))  # (C, B*V, d)
         z = z.view(z.shape[0], batch, num_views, -1)
         prototype_loss = None
         if self.prototypes is not None:  # per-rank mean: DDP's gradient average is global
@@ -241,12 +244,28 @@ class MSCon(Method):
             loss = loss + self.prototype_weight * prototype_loss
         return {"loss": loss}
 
+    def view_recipes(self, augment: AugmentConfig) -> list[str]:
+        """``augment``'s views, plus a plain (resized) one with weighting ``consistency``."""
+        return augment.recipes() + ["none"] * (self.noise_bank is not None)
+
     def _update_consistency_weights(
-        self, features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None
+        self, plain: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None
     ) -> None:
+        """Feed the bank the encoder's features of the un-augmented images (eval mode:
+        batch-norm statistics untouched; measured: augmented views' features read the
+        clean ``size`` similarity of the synthetic suite as 0.25 random, plain ones 0.07)
+        and, when it re-estimates, set the loss's weights."""
         assert self.noise_bank is not None
         if index is None:
             raise ValueError("MSCon: weighting 'consistency' needs each image's dataset index")
+        modes = [(m, m.training) for m in self.encoder.modules()]
+        self.encoder.eval()
+        try:
+            with torch.no_grad():
+                features = self.encoder(plain)
+        finally:
+            for module, training in modes:
+                module.training = training
         if self.noise_bank.update(features, labels, index):
             noise = self.noise_bank.noise
             if self.instance_similarity:  # the instance labels are exact
