@@ -17,27 +17,34 @@ def row(lines: list[str], variant: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_criteria_counts_a_tie_as_not_lowest_and_reads_the_trend_from_clean():
+def test_criteria_need_the_noisy_weight_5_percent_below_and_read_the_trend_from_clean():
     top1 = {"fine": 30.0, "noisy": 90.0, "coarse": 70.0, "ood": 20.0}
     results = {
         "equal_c000": [run({c: 1.0 for c in COLUMNS}, top1)],
         "good_c000": [run({"fine": 1.0, "noisy": 1.2, "coarse": 0.8}, top1)],
-        "good_c050": [run({"fine": 1.2, "noisy": 0.7, "coarse": 1.1}, top1)],
-        "good_c100": [run({"fine": 1.3, "noisy": 0.6, "coarse": 1.1}, top1)],
-        "tied_c000": [run({c: 1.0 for c in COLUMNS}, {**top1, "fine": 25.0})],
-        "tied_c050": [run({"fine": 1.2, "noisy": 0.9, "coarse": 0.91}, top1)],
+        "good_c050": [run({"fine": 1.2, "noisy": 0.7, "coarse": 1.0}, top1)],
+        "good_c100": [run({"fine": 1.3, "noisy": 0.6, "coarse": 1.2}, top1)],
+        "tied_c000": [run({c: 1.0 for c in COLUMNS}, {**top1, "fine": 28.5})],
+        "tied_c050": [run({"fine": 1.2, "noisy": 0.9, "coarse": 0.92}, top1)],
         "tied_c100": [run({"fine": 1.2, "noisy": 0.95, "coarse": 0.85}, top1)],
     }
     lines = weights_grid.criteria(
         results, ["good", "tied"], [0.0, 0.5, 1.0], COLUMNS, "noisy", ["ood"]
     )
     good, tied = row(lines, "good"), row(lines, "tied")
-    assert good[1].startswith("yes") and "(margins -0.40 / -0.50)" in good[1]
+    assert good[1] == "yes: 0.70 (1/1) / 0.50 (1/1)"
     assert good[2] == "1.20 > 0.70 > 0.60 ✓"
-    assert good[3] == "+0.0 (yes)"
-    assert tied[1].startswith("no (0/2)")  # -0.01 is a tie, +0.10 is not lowest
+    assert good[3] == "fine +0.0 (allowed −1.0: yes)"
+    assert tied[1] == "no: 0.98 (0/1) / 1.12 (0/1)"  # 2 % below is not 5 %
     assert tied[2] == "1.00 > 0.90 > 0.95 ✗"
-    assert tied[3] == "+5.0 (no)"  # fine top-1 25 against equal's 30
+    assert tied[3] == "fine -1.5 (allowed −1.0: no)"  # fine top-1 28.5 against equal's 30
+
+
+def test_in_domain_allowance_is_two_standard_errors_when_larger():
+    equal = [run({}, {"a": 50.0}) for _ in range(3)]
+    spread = [run({}, {"a": v}) for v in (44.0, 50.0, 53.0)]  # diffs -6, 0, +3: se 2.6
+    column, mean, allowance = weights_grid.in_domain_gap(spread, equal, ["a"])
+    assert column == "a" and mean == -1.0 and abs(allowance - 2 * 2.6458) < 1e-3
 
 
 def test_finished_needs_every_seed(tmp_path):
