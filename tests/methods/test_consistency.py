@@ -74,6 +74,18 @@ def test_rows_of_the_same_image_are_not_neighbours():
     assert nearest(features, index, 10).shape == (5, 3)  # rows 0 and 1 have 3 others
 
 
+def test_missing_labels_are_neither_read_nor_counted():
+    features, labels = clustered(8, 100)
+    index = torch.arange(len(labels))
+    g = torch.Generator().manual_seed(4)
+    missing = torch.rand(len(labels), generator=g) < 0.3
+    clean = labels.masked_fill(missing, -1)
+    assert label_noise(features, clean, index, 8, neighbours=50) < 0.01
+    noisy = corrupt(labels, 8, 1.0).masked_fill(missing, -1)
+    assert label_noise(features, noisy, index, 8, neighbours=50) > 0.6
+    assert label_noise(features, torch.full_like(labels, -1), index, 8) == 0.0
+
+
 def test_too_few_rows_and_neighbours():
     assert label_noise(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1), 3) == 0
     same = torch.zeros(3, dtype=torch.long)  # three rows of one image: no neighbour

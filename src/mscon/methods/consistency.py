@@ -37,8 +37,8 @@ Uniform noise is an assumption: noise that confuses neighbouring classes only
 looks like a clean similarity the encoder confuses, and reads low.
 
 :class:`LabelNoiseBank` keeps the bank: the encoder's features of the plain
-(un-augmented) images, their labels and dataset indices of the last ``size`` images (gathered from every
-rank under DDP, so every rank holds the same bank and computes the same
+(un-augmented) images, their labels and dataset indices of the last ``size``
+images (gathered from every rank under DDP, so every rank holds the same bank and computes the same
 weights), and re-estimates every ``every`` training steps once it is full.
 Its buffers are in the method's ``state_dict``, so a resumed run continues
 with the same bank.
@@ -58,7 +58,13 @@ from torch import Tensor, nn
 
 from mscon import distributed
 
-__all__ = ["label_noise", "nearest", "LabelNoiseBank", "consistency_weights"]
+__all__ = [
+    "label_noise",
+    "nearest",
+    "noise_from_neighbours",
+    "LabelNoiseBank",
+    "consistency_weights",
+]
 
 
 def label_noise(
@@ -74,7 +80,8 @@ def label_noise(
 
     Args:
         features: (n, D) encoder features (any scale: cosine similarity).
-        labels: (n,) class ids in [0, num_classes); drop missing labels first.
+        labels: (n,) class ids in [0, num_classes), -1 where missing (a row with a
+            missing label is neither read nor counted among neighbours).
         index: (n,) dataset index of each row; rows of the same image are never
             each other's neighbours.
         num_classes: K >= 2, the similarity's number of classes (noise spreads
@@ -85,22 +92,11 @@ def label_noise(
 
     Returns 0.0 when no row has 2 other-image rows to be its neighbours.
     """
-    n = features.shape[0]
-    if n < 2:
+    if features.shape[0] < 2:
         return 0.0
-    near = nearest(features, index, neighbours)  # (n, k), nearest first
-    if near.shape[1] < 2:
-        return 0.0
-    # alternate neighbours pick the classes and the pure rows (a), the others measure
-    # the floor (b): picked on the same counts, the floor would read low (the rows
-    # with the fewest random labels by chance look purest)
-    first, second = labels[near[:, 0::2]], labels[near[:, 1::2]]
-    shares_a, shares_b = _shares(first, num_classes), _shares(second, num_classes)
-    lowest = shares_a.argsort(dim=1, stable=True)[:, : max(num_classes // 2, 1)]
-    floor = shares_b.gather(1, lowest).mean(1)
-    largest = shares_a.max(dim=1).values
-    pure = largest >= torch.quantile(largest, 1.0 - purest)
-    return float((num_classes * floor[pure].mean()).clamp(0.0, 1.0))
+    return noise_from_neighbours(
+        nearest(features, index, neighbours), labels, num_classes, purest=purest
+    )
 
 
 def nearest(features: Tensor, index: Tensor, neighbours: int) -> Tensor:
@@ -115,11 +111,38 @@ def nearest(features: Tensor, index: Tensor, neighbours: int) -> Tensor:
     return similarity.topk(k, dim=1).indices
 
 
-def _shares(labels: Tensor, num_classes: int) -> Tensor:
-    """(n, K) share of each class among each row's (n, m) neighbour labels (m may be 0)."""
+def noise_from_neighbours(
+    near: Tensor, labels: Tensor, num_classes: int, *, purest: float = 0.1
+) -> float:
+    """:func:`label_noise` from each row's neighbours ``near`` (n, k), nearest first
+    (one neighbour search serves every similarity)."""
+    if near.shape[1] < 2:
+        return 0.0
+    near = near[labels >= 0]
+    # alternate neighbours pick the classes and the pure rows (a), the others measure
+    # the floor (b): picked on the same counts, the floor would read low (the rows
+    # with the fewest random labels by chance look purest)
+    shares_a, seen_a = _shares(labels[near[:, 0::2]], num_classes)
+    shares_b, seen_b = _shares(labels[near[:, 1::2]], num_classes)
+    usable = seen_a & seen_b
+    if not bool(usable.any()):
+        return 0.0
+    shares_a, shares_b = shares_a[usable], shares_b[usable]
+    lowest = shares_a.argsort(dim=1, stable=True)[:, : max(num_classes // 2, 1)]
+    floor = shares_b.gather(1, lowest).mean(1)
+    largest = shares_a.max(dim=1).values
+    pure = largest >= torch.quantile(largest, 1.0 - purest)
+    return float((num_classes * floor[pure].mean()).clamp(0.0, 1.0))
+
+
+def _shares(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(n, K) share of each class among each row's (n, m) neighbour labels (-1 not
+    counted), and (n,) whether a row has any labelled neighbour."""
+    known = labels >= 0
     counts = torch.zeros(labels.shape[0], num_classes, device=labels.device)
-    counts.scatter_add_(1, labels, torch.ones(labels.shape, device=labels.device))
-    return counts / max(labels.shape[1], 1)
+    counts.scatter_add_(1, labels.clamp_min(0), known.float())
+    total = known.sum(1)
+    return counts / total.clamp_min(1)[:, None], total > 0
 
 
 def consistency_weights(noise: Tensor, smallest: float = 0.01) -> Tensor:
@@ -209,23 +232,17 @@ class LabelNoiseBank(nn.Module):
         return slots[first].sort().values
 
     def estimate(self) -> Tensor:
-        """(C,) :func:`label_noise` of each column over the bank's newest entry per image."""
+        """(C,) :func:`label_noise` of each column over the bank's newest entry per image
+        (one neighbour search for all columns)."""
         slots = self.newest()
-        features, labels, index = self.features[slots], self.labels[slots], self.index[slots]
-        values = []
+        noise = torch.zeros_like(self.noise)
+        if len(slots) < 2:
+            return noise
+        near = nearest(self.features[slots], self.index[slots], self.neighbours)
         for column, classes in enumerate(self.num_classes):
-            known = labels[:, column] >= 0
-            values.append(
-                label_noise(
-                    features[known],
-                    labels[known, column],
-                    index[known],
-                    classes,
-                    neighbours=self.neighbours,
-                    purest=self.purest,
-                )
-            )
-        return torch.tensor(values, dtype=self.noise.dtype, device=self.noise.device)
+            labels = self.labels[slots, column]
+            noise[column] = noise_from_neighbours(near, labels, classes, purest=self.purest)
+        return noise
 
 
 def _first_occurrence(values: Tensor) -> tuple[Tensor, Tensor]:
