@@ -119,9 +119,9 @@ class MSCon(Method):
     options) the loss's weighting must be ``consistency``: the method asks for one
     more view, the plain resized image (:meth:`view_recipes`), and each training step
     adds its encoder features (eval mode, no gradient) to the bank and, when it
-    re-estimates, sets
-    the weights to :func:`~mscon.methods.consistency.consistency_weights` of the
-    estimates (the instance similarity counts as clean).
+    re-estimates, sets the weights to
+    :func:`~mscon.methods.consistency.consistency_weights` of the estimates (the
+    instance similarity counts as clean).
     """
 
     INSTANCE = "instance"
