@@ -273,14 +273,12 @@ class FixedWeighting(WeightingMode):
 
 
 @register_weighting_mode
-class SuppliedWeighting(WeightingMode):
+class SuppliedWeighting(FixedWeighting):
     """``sum_c w_c L_c`` with weights the caller sets (MSCon: from label consistency)."""
 
     name = "consistency"
+    uses_weights = False
     supplied = True
-
-    def task_weights(self, w: TaskWeighting) -> Tensor:
-        return w.fixed_weights.clone()
 
 
 class TaskWeighting(nn.Module):
