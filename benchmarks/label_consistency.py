@@ -39,13 +39,12 @@ def consistency(features: torch.Tensor, labels: torch.Tensor, k: int = 20) -> fl
     return (agreement - chance) / (1 - chance) if chance < 1 else 0.0
 
 
-BANK = 4096  # the default method.consistency_bank
-
-
 def run_consistency(run_dir: Path, noise: bool = False) -> dict[str, float]:
     from mscon.data import load_experiment_data
     from mscon.data.augment import to_float
     from mscon.evaluate import extract_features
+    from mscon.methods.consistency import nearest, noise_from_neighbours
+    from mscon.methods.mscon import MSConConfig
     from mscon.runs import encoder_from_checkpoint, load_run_config
 
     config = load_run_config(run_dir)
@@ -54,18 +53,16 @@ def run_consistency(run_dir: Path, noise: bool = False) -> dict[str, float]:
     features = torch.as_tensor(
         extract_features(encoder, data.images, to_float, batch_size=256, device="cpu")
     )
-    from mscon.methods.consistency import label_noise
-
+    bank = MSConConfig.model_fields["consistency_bank"].default
+    near = nearest(features[:bank], torch.arange(min(bank, len(features))), 100) if noise else None
     result = {}
     for column in config.data.similarities:
         labels = torch.as_tensor(data.labels[column]).long()
         known = labels >= 0
         result[column] = consistency(features[known], labels[known])
-        if noise:
-            first, kept = features[:BANK], labels[:BANK]
-            mine = kept >= 0
-            result[f"{column} noise"] = label_noise(
-                first[mine], kept[mine], torch.arange(len(kept))[mine], data.num_classes(column)
+        if near is not None:
+            result[f"{column} noise"] = noise_from_neighbours(
+                near, labels[:bank], data.num_classes(column)
             )
     return result
 

@@ -232,8 +232,7 @@ class LabelNoiseBank(nn.Module):
         filled = int(self.filled)
         age = (self.cursor - 1 - torch.arange(self.size, device=self.index.device)) % self.size
         slots = torch.argsort(age[:filled], stable=True)  # newest first
-        _, first = _first_occurrence(self.index[slots])
-        return slots[first].sort().values
+        return slots[_first_occurrence(self.index[slots])].sort().values
 
     def estimate(self) -> Tensor:
         """(C,) :func:`label_noise` of each column over the bank's newest entry per image
@@ -249,9 +248,9 @@ class LabelNoiseBank(nn.Module):
         return noise
 
 
-def _first_occurrence(values: Tensor) -> tuple[Tensor, Tensor]:
-    """(unique values, position of each one's first occurrence in ``values``)."""
+def _first_occurrence(values: Tensor) -> Tensor:
+    """Position of each distinct value's first occurrence in ``values``."""
     unique, inverse = torch.unique(values, return_inverse=True)
     positions = torch.arange(len(values), device=values.device)
     first = torch.full((len(unique),), len(values), device=values.device, dtype=torch.long)
-    return unique, first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin")

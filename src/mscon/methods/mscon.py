@@ -252,8 +252,8 @@ class MSCon(Method):
         self, plain: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None
     ) -> None:
         """Feed the bank the encoder's features of the un-augmented images (eval mode:
-        batch-norm statistics untouched; measured: augmented views' features read the
-        clean ``size`` similarity of the synthetic suite as 0.25 random, plain ones 0.07)
+        batch-norm statistics untouched; augmented views blur what the encoder knows,
+        e.g. crops change the apparent ``size``: docs/results.md)
         and, when it re-estimates, set the loss's weights."""
         assert self.noise_bank is not None
         if index is None:
