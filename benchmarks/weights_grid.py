@@ -3,7 +3,8 @@
 One command trains every (weighting variant x corruption rate x seed) on the
 synthetic suite (the shipped ``synthetic`` config: training similarities shape_color
 (64 classes), color (8), size (3); out-of-domain task pattern), with a share of
-one similarity's train labels replaced by random ones (``data.corrupt``), then
+one similarity's train labels replaced by random ones (``data.corrupt``; with
+``--corrupt-mode uniform`` drawn from all classes, else from the other ones), then
 writes:
 
 * OUT/weights.md: per variant and rate, each similarity's learned weight at
@@ -64,6 +65,14 @@ BELOW = 0.05  # criterion (a): the noisy weight at least 5 % below the lowest cl
 
 def run_label(variant: str, rate: float) -> str:
     return f"{variant}_c{round(rate * 100):03d}"
+
+
+def corruption(noisy: str, rate: float, mode: str = "other") -> list[str]:
+    """The ``--set`` items that corrupt ``rate`` of ``noisy``'s train labels (none at 0)."""
+    if rate <= 0:
+        return []
+    items = [f"data.corrupt={{{noisy}: {rate}}}"]
+    return items if mode == "other" else [*items, f"data.corrupt_mode={mode}"]
 
 
 def finished(label_dir: Path, seeds: list[int]) -> bool:
@@ -255,6 +264,12 @@ def main() -> None:
     parser.add_argument(
         "--noisy", default="color", help="the similarity whose labels are corrupted"
     )
+    parser.add_argument(
+        "--corrupt-mode",
+        default="other",
+        choices=["other", "uniform"],
+        help="data.corrupt_mode of the corrupted runs: a random other class, or any class",
+    )
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument(
@@ -272,7 +287,7 @@ def main() -> None:
     plan: dict[str, list[str]] = {}
     for rate in args.rates:
         for variant in args.variants:
-            corrupt = [f"data.corrupt={{{args.noisy}: {rate}}}"] if rate > 0 else []
+            corrupt = corruption(args.noisy, rate, args.corrupt_mode)
             plan[run_label(variant, rate)] = [*VARIANTS[variant], *corrupt]
     for name in args.baselines:
         plan[name] = BASELINES[name]
@@ -292,7 +307,8 @@ def main() -> None:
         f"{t} top-1 (OOD)" for t in ood
     ]
     lines = [
-        f"Noisy similarity: {args.noisy}; seeds {args.seeds}; base {args.base}.",
+        f"Noisy similarity: {args.noisy} (data.corrupt_mode {args.corrupt_mode}); "
+        f"seeds {args.seeds}; base {args.base}.",
         "",
         "| run | " + " | ".join(head) + " | seeds |",
         "|---|" + "---|" * (2 * len(columns) + len(ood) + 1),

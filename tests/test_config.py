@@ -59,11 +59,45 @@ def test_bad_files(tmp_path):
 
 def test_method_dependent_weighting_defaults():
     mscon = load_config("demo").method
-    assert (mscon.weighting, mscon.instance_mix) == ("relative", 0.0)
+    assert (mscon.weighting, mscon.instance_mix) == ("consistency", 0.0)
     ce = load_config("demo", ["method.name=multitask_ce"]).method
     assert ce.weighting == "uncertainty" and not hasattr(ce, "instance_mix")
     explicit = load_config("demo", ["method.weighting=equal", "method.instance_mix=0"]).method
     assert (explicit.weighting, explicit.instance_mix) == ("equal", 0.0)
+
+
+def test_mscon_with_supcon_turns_the_head_options_on_unless_given():
+    config = load_config("demo")
+    assert (config.model.head_weight_norm, config.train.head_weight_decay) == (True, 0.05)
+    given = load_config("demo", ["model.head_weight_norm=false", "train.head_weight_decay=0.2"])
+    assert (given.model.head_weight_norm, given.train.head_weight_decay) == (False, 0.2)
+    at_default = load_config("demo", ["train.head_weight_decay=null"])  # given, though null
+    assert at_default.train.head_weight_decay is None and at_default.model.head_weight_norm
+    for others in (
+        ["method.name=supcon"],
+        ["method.name=multitask_ce"],
+        ["method.base_loss=fmicl"],
+    ):
+        config = load_config("demo", others)
+        assert (config.model.head_weight_norm, config.train.head_weight_decay) == (False, None)
+    saved = load_config("demo")
+    from mscon.config import config_from_yaml, config_to_yaml
+
+    again = config_from_yaml(config_to_yaml(saved), "round trip")
+    assert again.model.head_weight_norm and again.train.head_weight_decay == 0.05
+
+
+@pytest.mark.parametrize("key", ["log_var_lr=0.01", "weight_warmup_epochs=1"])
+def test_learned_weight_keys_are_refused_when_nothing_is_learned(key):
+    for weighting in ("equal", "consistency", None):  # None: MSCon's default, consistency
+        chosen = [f"method.weighting={weighting}"] if weighting else []
+        with pytest.raises(ConfigError, match=f"{key.split('=')[0]} is not read"):
+            load_config("demo", [*chosen, f"method.{key}"])
+    with pytest.raises(ConfigError, match=f"{key.split('=')[0]} is not read"):
+        load_config("demo", ["method.name=multitask_ce", "method.weighting=equal", f"method.{key}"])
+    for weighting in ("relative", "uncertainty", "temperature"):
+        load_config("demo", [f"method.weighting={weighting}", f"method.{key}"])
+    load_config("demo", ["method.name=multitask_ce", f"method.{key}"])  # uncertainty
 
 
 def test_unknown_keys_suggest_the_closest_valid_one():

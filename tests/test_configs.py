@@ -11,7 +11,12 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 def test_configs_are_shipped():
     names = {p.name for p in CONFIGS}
-    assert {"demo.yaml", "synthetic.yaml", "synthetic_grouped.yaml"} <= names
+    assert {
+        "demo.yaml",
+        "synthetic.yaml",
+        "synthetic_grouped.yaml",
+        "synthetic_coarse.yaml",
+    } <= names
     assert {"zappos50k-mscon.yaml", "medic-mscon.yaml"} <= names
 
 

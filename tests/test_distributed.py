@@ -42,6 +42,10 @@ EXACT = {
     # and 1. At tau = 0.5, lr = 0.02: 2 processes vs 1 end 1.3e-6 apart (docs/distributed.md)
     "method.temperature": 0.5,
     "train.lr": 0.02,
+    # MSCon's default head weight decay on its unit-norm heads shrinks their weights and
+    # so raises their effective step: there one process on 1 and on 2 threads ends these
+    # 24 steps 8e-3 apart in loss; without it 1.6e-5 (weight norm still on)
+    "train.head_weight_decay": "null",
 }
 
 
@@ -126,6 +130,9 @@ def _assert_same_model(got: Path, want: Path) -> None:
     (GroupNorm shifts, norm ~0.02 here) 1e-4 absolute: their gradient is a sum that
     GroupNorm nearly cancels, so float32 gets it only to ~3e-4 relative even in one
     process (one step against float64, docs/distributed.md), whatever DDP does.
+    The ``consistency`` weighting's bank of encoder features gets 1e-3: each row is the
+    output of the whole encoder at the step that stored it, so it carries the weights'
+    differences amplified (measured 2.6e-4 with weights within 1e-4).
     """
     a = runs.load_checkpoint(runs.checkpoint_path(got))["model"]
     b = runs.load_checkpoint(runs.checkpoint_path(want))["model"]
@@ -133,7 +140,8 @@ def _assert_same_model(got: Path, want: Path) -> None:
     for key, value in b.items():
         if value.is_floating_point():
             scale = max(float(value.double().norm()), 1.0)
-            assert float((a[key].double() - value.double()).norm()) <= 1e-4 * scale, key
+            tolerance = 1e-3 if key == "noise_bank.features" else 1e-4
+            assert float((a[key].double() - value.double()).norm()) <= tolerance * scale, key
         else:
             assert torch.equal(a[key], value), key
 

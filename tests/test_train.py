@@ -226,7 +226,14 @@ def test_warmup_cosine_schedule():
 def test_log_vars_have_no_weight_decay(tiny_config):
     from mscon.train import build_model, build_optimizer
 
-    config = tiny_config("mscon", **{"method.log_var_lr": 0.001})
+    config = tiny_config(
+        "mscon",
+        **{
+            "method.weighting": "relative",
+            "method.log_var_lr": 0.001,
+            "train.head_weight_decay": "null",  # else the heads get their own group
+        },
+    )
     method = build_model(config, [8, 8, 3])
     optimizer = build_optimizer(config, method)
     groups = optimizer.param_groups
@@ -240,7 +247,14 @@ def test_log_vars_have_no_weight_decay(tiny_config):
 def test_head_weight_decay_gives_the_heads_their_own_group(tiny_config):
     from mscon.train import build_model, build_optimizer, lr_scheduler
 
-    config = tiny_config("mscon", **{"train.head_weight_decay": 0.01, "train.weight_decay": 0.001})
+    config = tiny_config(
+        "mscon",
+        **{
+            "method.weighting": "relative",
+            "train.head_weight_decay": 0.01,
+            "train.weight_decay": 0.001,
+        },
+    )
     method = build_model(config, [8, 8, 3])
     groups = build_optimizer(config, method).param_groups
     assert [g.get("name") for g in groups] == [None, "heads", "task_weights"]
@@ -299,7 +313,10 @@ def test_head_options_train_and_resume(tiny_config, tmp_path):
 
 
 def test_weight_warmup_keeps_log_vars_fixed(tiny_config, tmp_path):
-    config = tiny_config("mscon", **{"method.weight_warmup_epochs": 1, "train.epochs": 2})
+    config = tiny_config(
+        "mscon",
+        **{"method.weighting": "relative", "method.weight_warmup_epochs": 1, "train.epochs": 2},
+    )
     train(config, stop_after=4)  # one epoch = 4 steps: still frozen
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt")
     assert torch.equal(state["model"]["loss_fn.weighting.log_vars"], torch.zeros(3))

@@ -22,7 +22,7 @@ not read are dropped, with a one-line notice on stderr; the keys given with
 Example:
     >>> cfg = load_config(None, ["train.epochs=3", "data.similarities=[shape,size]"])
     >>> cfg.train.epochs, cfg.data.similarities, cfg.method.name, cfg.method.weighting
-    (3, ['shape', 'size'], 'mscon', 'relative')
+    (3, ['shape', 'size'], 'mscon', 'consistency')
     >>> load_config(None, ["method.queue_size=4096"])
     Traceback (most recent call last):
     ...
@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -90,8 +90,16 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=8, le=1024)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     corrupt: dict[str, float] = Field(default_factory=dict)
+    # how corrupt redraws a label: a random other class, or any class (mscon.data)
+    corrupt_mode: Literal["other", "uniform"] = "other"
     synthetic_size: int = Field(6000, ge=16)
     synthetic_structure: Literal["standard", "grouped"] = "standard"
+
+    @model_validator(mode="after")
+    def _corrupt_mode_with_corrupt(self) -> DataConfig:
+        if self.corrupt_mode != "other" and not self.corrupt:
+            raise ValueError("data.corrupt_mode is only read with data.corrupt (nothing to redraw)")
+        return self
 
     @field_validator("similarities")
     @classmethod
@@ -164,6 +172,11 @@ class MethodConfig(_Section):
     def check_config(self, config: Config) -> None:
         """Raise ValueError when this section does not fit the rest of ``config``."""
 
+    def config_defaults(self) -> dict[str, Any]:
+        """Defaults this method (with these options) gives keys of other sections:
+        ``{"section.key": value}``, applied where the config leaves the key out."""
+        return {}
+
 
 class TaskWeightsConfig(MethodConfig):
     """Keys of the methods that weight several tasks (mscon, multitask_ce)."""
@@ -172,6 +185,22 @@ class TaskWeightsConfig(MethodConfig):
     weights: list[float] | None = None
     log_var_lr: float | None = Field(None, ge=0)
     weight_warmup_epochs: float = Field(0.0, ge=0)
+
+    LEARNED_WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("log_var_lr", "weight_warmup_epochs")
+
+    @classmethod
+    def default_weighting(cls, values: dict[str, Any]) -> str:
+        """The weighting when ``values`` leave it out (a method may make it depend on
+        its other keys)."""
+        return cls.model_fields["weighting"].default
+
+    @classmethod
+    def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
+        """``log_var_lr`` and ``weight_warmup_epochs`` only act on learned weights."""
+        from mscon.losses.weighting import WEIGHTING_MODES
+
+        mode = WEIGHTING_MODES.get(values.get("weighting") or cls.default_weighting(values))
+        return set() if mode is None or mode.learnable else set(cls.LEARNED_WEIGHT_KEYS)
 
     @field_validator("weighting")
     @classmethod
@@ -312,6 +341,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _method_fits(self) -> Config:
+        for dotted, value in self.method.config_defaults().items():
+            section_name, key = dotted.split(".")
+            section = getattr(self, section_name)
+            if key not in section.model_fields_set:  # given keys win, even at the default
+                setattr(section, key, value)
         self.method.check_config(self)
         return self
 
@@ -531,7 +565,9 @@ def config_from_yaml(text: str, source: str, retired_ok: bool = False) -> Config
     """A :class:`Config` from YAML text (a run's ``config.yaml``, a checkpoint's copy).
 
     With ``retired_ok`` (a saved run's config, written by an older mscon) the
-    :data:`RETIRED` keys are dropped instead of refused.
+    :data:`RETIRED` keys are dropped instead of refused, and so are the ``method``
+    keys its options do not read when they hold their defaults (older versions
+    saved every key).
     """
     tree = _read_yaml(text, source)
     if retired_ok:
@@ -539,7 +575,22 @@ def config_from_yaml(text: str, source: str, retired_ok: bool = False) -> Config
             section, _, name = key.partition(".")
             if isinstance(tree.get(section), dict):
                 tree[section].pop(name, None)
+        _drop_unread_defaults(tree.get("method"))
     return config_from_dict(tree, source)
+
+
+def _drop_unread_defaults(method: Any) -> None:
+    """Remove from a saved ``method`` section the inactive keys at their defaults."""
+    if not isinstance(method, dict):
+        return
+    try:
+        cls = method_config_class(method.get("name", DEFAULT_METHOD))
+    except ValueError:
+        return  # config_from_dict names the unknown method
+    for key in cls.inactive_keys(method):
+        field = cls.model_fields.get(key)
+        if key in method and field is not None and method[key] == field.default:
+            del method[key]
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -53,3 +53,12 @@ def test_finished_needs_every_seed(tmp_path):
     (tmp_path / "seed0" / "eval.json").write_text("{}")
     assert weights_grid.finished(tmp_path, [0])
     assert not weights_grid.finished(tmp_path, [0, 1])
+
+
+def test_corruption_sets_the_mode_only_for_corrupted_runs():
+    assert weights_grid.corruption("tone", 0.0, "uniform") == []  # the clean run reads no mode
+    assert weights_grid.corruption("tone", 0.5) == ["data.corrupt={tone: 0.5}"]
+    assert weights_grid.corruption("tone", 1.0, "uniform") == [
+        "data.corrupt={tone: 1.0}",
+        "data.corrupt_mode=uniform",
+    ]

@@ -82,6 +82,58 @@ def test_corrupt_rate_only_train_rows_and_deterministic():
     assert len(torch.unique(moved_to)) == 8  # spread over the other classes
 
 
+def test_corrupt_modes_at_rate_one_on_three_classes():
+    # "other": every label wrong, so the true class is the one never given (complementary
+    # labels); "uniform": drawn from all three, a third stays right, and the label no
+    # longer depends on the true class
+    base = load_dataset(
+        None, image_size=8, synthetic_size=3000, seed=0, synthetic_structure="grouped"
+    )
+    train = torch.from_numpy(base.split == "train")
+    true = base.labels["tone"][train]
+    for mode, kept in (("other", (0.0, 0.0)), ("uniform", (0.30, 0.37))):
+        out = corrupt_labels(base, {"tone": 1.0}, seed=0, mode=mode)
+        given = out.labels["tone"][train]
+        assert kept[0] <= float((given == true).float().mean()) <= kept[1], mode
+        assert torch.equal(out.labels["tone"][~train], base.labels["tone"][~train])
+        for k in range(3):  # the labels given to each true class
+            shares = torch.bincount(given[true == k], minlength=3).float() / (true == k).sum()
+            if mode == "uniform":
+                assert shares.min() > 0.27 and shares.max() < 0.40
+            else:
+                assert shares[k] == 0
+    again = corrupt_labels(base, {"tone": 0.5}, seed=0, mode="uniform")
+    assert torch.equal(
+        again.labels["tone"], corrupt_labels(base, {"tone": 0.5}, 0, "uniform").labels["tone"]
+    )
+    with pytest.raises(DataError, match="data.corrupt_mode: expected one of other, uniform"):
+        corrupt_labels(base, {"tone": 0.5}, seed=0, mode="flip")
+
+
+def test_corrupt_mode_is_refused_without_corrupt():
+    from mscon.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.corrupt_mode is only read with data.corrupt"):
+        load_config("demo", ["data.corrupt_mode=uniform"])
+    config = load_config("demo", ["data.corrupt={color: 0.5}", "data.corrupt_mode=uniform"])
+    assert config.data.corrupt_mode == "uniform"
+
+
+def test_the_config_s_corrupt_mode_reaches_the_training_labels():
+    from mscon.config import load_config
+    from mscon.data import load_experiment_data
+
+    every = ["data.synthetic_size=300", "data.corrupt={color: 1.0}", "data.image_size=8"]
+    other = load_experiment_data(load_config("demo", every).data, seed=0)
+    uniform = load_config("demo", [*every, "data.corrupt_mode=uniform"])
+    drawn = load_experiment_data(uniform.data, seed=0)
+    clean = load_experiment_data(uniform.data, seed=0, clean=True)
+    train = torch.from_numpy(clean.split == "train")
+    true = clean.labels["color"][train]
+    assert (other.labels["color"][train] != true).all()
+    assert 0 < (drawn.labels["color"][train] == true).sum() < train.sum()
+
+
 def test_corrupt_leaves_missing_labels_missing():
     data = _data(40)
     out = corrupt_labels(data, {"a": 1.0, "b": 0.0}, seed=0)

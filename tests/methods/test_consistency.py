@@ -207,7 +207,12 @@ def test_consistency_keys_and_refusals():
     from mscon.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="consistency_bank is not read"):
-        load_config("demo", ["method.consistency_bank=64"])
+        load_config("demo", ["method.weighting=relative", "method.consistency_bank=64"])
+    with pytest.raises(ConfigError, match="consistency_bank is not read"):
+        load_config("demo", ["method.base_loss=fmicl", "method.consistency_bank=64"])
+    default = load_config("demo", ["method.consistency_bank=64"])  # MSCon's default weighting
+    assert default.method.weighting == "consistency"
+    assert default.method.consistency_kwargs()["size"] == 64
     with pytest.raises(ConfigError, match="multitask_ce cannot supply"):
         load_config("demo", ["method.name=multitask_ce", "method.weighting=consistency"])
     with pytest.raises(ConfigError, match="does not apply to base_loss fmicl"):

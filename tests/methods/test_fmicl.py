@@ -41,7 +41,7 @@ def test_mscon_base_loss_fmicl_switches_keys_and_weightings(capsys):
         load_config(None, ["method.base_loss=fmicl", "method.temperature=0.2"])
     rel = load_config("demo", ["method.base_loss=fmicl", "method.weighting=relative"])
     assert "temperature" not in rel.to_dict()["method"]
-    assert load_config("demo").method.weighting == "relative"  # supcon's default unchanged
+    assert load_config("demo").method.weighting == "consistency"  # supcon's default unchanged
 
 
 def test_methods_build_the_right_losses(tiny_config):

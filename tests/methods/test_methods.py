@@ -15,15 +15,22 @@ def batch(batch_size=8, views=2, size=16, seed=0):
     return images, labels
 
 
+def method_batch(method, config, batch_size=8):
+    """``batch`` with the views the method asks for (MSCon's default ``consistency``
+    weighting adds a plain one) and each row's dataset index."""
+    views, labels = batch(batch_size, views=len(method.view_recipes(config.augment)))
+    return views, labels, torch.arange(batch_size)
+
+
 @pytest.mark.parametrize("name", ["simclr", "supcon", "mscon", "multitask_ce"])
 def test_training_step_updates_encoder(name, tiny_config):
     config = tiny_config(name)
     encoder, dim = build_backbone("cnn_small")
     method = build_method(config, encoder, dim, [4, 3, 2])
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
-    views, labels = batch()
+    views, labels, index = method_batch(method, config)
     before = [p.detach().clone() for p in method.encoder.parameters()]
-    out = method(views, labels)
+    out = method(views, labels, index)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     optimizer.step()
@@ -105,8 +112,8 @@ def test_mscon_head_center_momentum_from_config(base_loss, tiny_config):
     method = build_method(config, *build_backbone("cnn_small"), [4, 3, 2])
     centers = [m for m in method.modules() if isinstance(m, RunningCenter)]
     assert len(centers) == 3 and all(c.momentum == 0.9 for c in centers)
-    views, labels = batch()
-    loss = method(views, labels)["loss"]
+    views, labels, index = method_batch(method, config)
+    loss = method(views, labels, index)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
     assert all(c.center.abs().sum() > 0 for c in centers)  # updated by the training step

@@ -76,6 +76,7 @@ def load_dataset(
     corrupt: Mapping[str, float] | None = None,
     synthetic_size: int = 6000,
     synthetic_structure: str = "standard",
+    corrupt_mode: str = "other",
 ) -> LabelledImages:
     """The dataset of ``data.path``: a manifest folder, or the embedded one when None.
 
@@ -87,7 +88,10 @@ def load_dataset(
             when there is no ``split`` column; shuffled by ``seed``.
         seed: the seed of the split, of the synthetic images and of ``corrupt``.
         corrupt: {column: rate}: that share of the column's non-missing train
-            labels moves to a uniformly random other class (deterministic).
+            labels is redrawn at random (deterministic).
+        corrupt_mode: ``other`` (each redrawn label moves to a random other
+            class) or ``uniform`` (drawn from all classes); see
+            :func:`corrupt_labels`.
         synthetic_size: images of the embedded dataset.
         synthetic_structure: its label columns (``standard`` or ``grouped``; see
             :mod:`mscon.data.synthetic`).
@@ -107,7 +111,7 @@ def load_dataset(
         check_splits(data.split, f"data.split ({synthetic_size} synthetic images)")
     else:
         data = load_manifest(path, image_size=image_size, split=split, seed=seed)
-    return corrupt_labels(data, corrupt, seed)
+    return corrupt_labels(data, corrupt, seed, corrupt_mode)
 
 
 def load_experiment_data(data: DataConfig, seed: int, clean: bool = False) -> LabelledImages:
@@ -130,6 +134,7 @@ def load_experiment_data(data: DataConfig, seed: int, clean: bool = False) -> La
         corrupt=None if clean else (data.corrupt or None),
         synthetic_size=data.synthetic_size,
         synthetic_structure=data.synthetic_structure,
+        corrupt_mode=data.corrupt_mode,
     )
     dataset.check_columns(data.similarities, "data.similarities")
     dataset.check_columns(data.eval_tasks, "data.eval_tasks")

@@ -177,13 +177,23 @@ def check_splits(split: np.ndarray, where: str) -> None:
             raise DataError(f"{where}: split '{name}' is empty")
 
 
+CORRUPT_MODES = ("other", "uniform")
+
+
 def corrupt_labels(
-    data: LabelledImages, corrupt: Mapping[str, float] | None, seed: int
+    data: LabelledImages,
+    corrupt: Mapping[str, float] | None,
+    seed: int,
+    mode: str = "other",
 ) -> LabelledImages:
-    """Replace a share of train labels of some columns by a random other class.
+    """Replace a share of train labels of some columns by random ones.
 
     For each ``column: rate``, round(rate x m) of the m non-missing train-split
-    labels, chosen at random, move to a uniformly random *other* class. The
+    labels, chosen at random, are redrawn: with ``mode="other"`` each moves to a
+    uniformly random *other* class (every chosen label is wrong; at rate 1 on K
+    classes no label is the true one, which on few classes is informative:
+    complementary labels); with ``mode="uniform"`` each is drawn uniformly from all
+    K classes (a share 1/K stays right; at rate 1 the labels say nothing). The
     choice depends only on ``seed`` and the column name. Other splits and
     columns are untouched; a new object is returned.
 
@@ -193,6 +203,10 @@ def corrupt_labels(
         >>> corrupt_labels(data, {"c": 0.5}, seed=0).labels["c"].tolist().count(1)
         2
     """
+    if mode not in CORRUPT_MODES:
+        raise DataError(
+            f"data.corrupt_mode: expected one of {', '.join(CORRUPT_MODES)}, got {mode!r}"
+        )
     if not corrupt:
         return data
     labels = dict(data.labels)
@@ -210,7 +224,10 @@ def corrupt_labels(
             raise DataError(f"data.corrupt: column '{column}' has {k} class; nothing to swap to")
         rng = np.random.default_rng([seed, 0xC0C0, zlib.crc32(column.encode())])
         chosen = rng.choice(rows, size=count, replace=False)
-        shift = rng.integers(1, max(k, 2), size=count)
-        values[chosen] = torch.as_tensor((values.numpy()[chosen] + shift) % max(k, 1))
+        if mode == "uniform":
+            drawn = rng.integers(0, k, size=count)
+        else:
+            drawn = (values.numpy()[chosen] + rng.integers(1, max(k, 2), size=count)) % max(k, 1)
+        values[chosen] = torch.as_tensor(drawn, dtype=values.dtype)
         labels[column] = values
     return LabelledImages(data.images, labels, data.classes, data.split, data.source)

@@ -24,7 +24,13 @@ from mscon.models.heads import MultiHead, Prototypes
 
 # method.weighting when the config leaves it out, per base loss: chosen by measurement
 # (docs/results.md). f-MICL losses can be negative: only MSConFMICLLoss.WEIGHTINGS apply.
-DEFAULT_WEIGHTING = {"supcon": "relative", "fmicl": "equal"}
+DEFAULT_WEIGHTING = {"supcon": "consistency", "fmicl": "equal"}
+# keys of other sections MSCon sets when the config leaves them out, per base loss: the
+# head options that end the coarse-head collapse (docs/results.md, issue 15)
+DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "supcon": {"model.head_weight_norm": True, "train.head_weight_decay": 0.05},
+    "fmicl": {},
+}
 SUPCON_KEYS = ("temperature", "form", "instance_mix")
 CONSISTENCY_KEYS = ("consistency_bank", "consistency_neighbours", "consistency_every")
 
@@ -36,11 +42,13 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     ``temperature``, ``form``, ``instance_mix``) or ``fmicl`` (supervised f-MICL;
     reads the f-MICL keys and allows only the weightings of
     :class:`~mscon.losses.MSConFMICLLoss`). ``weighting`` defaults per base loss
-    (:data:`DEFAULT_WEIGHTING`): ``relative`` for supcon, chosen by the weights
-    study (docs/results.md, benchmarks/weights_grid.py); ``uncertainty`` is the
-    paper's form. ``head_center_momentum`` (None: off) subtracts a running mean from
-    each head's output before the loss normalises it
-    (:class:`~mscon.models.heads.RunningCenter`), against the coarse-head collapse.
+    (:data:`DEFAULT_WEIGHTING`): ``consistency`` for supcon, chosen by the
+    issue-15 study (docs/results.md, "MSCon's default"), which also turns on the
+    head options of :data:`DEFAULT_HEAD_OPTIONS` where the config leaves them out
+    (:meth:`config_defaults`); ``uncertainty`` is the paper's form.
+    ``head_center_momentum`` (None: off) subtracts a running mean from each head's
+    output before the loss normalises it (:class:`~mscon.models.heads.RunningCenter`),
+    against the coarse-head collapse.
     ``prototype_weight`` > 0 adds that times a cross-entropy on learned class
     prototypes of each head's embeddings (:class:`~mscon.models.heads.Prototypes`).
     ``weighting: consistency`` weights each similarity by how random its labels look
@@ -63,9 +71,17 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     consistency_every: int = Field(10, ge=1)
 
     @classmethod
+    def default_weighting(cls, values: dict[str, Any]) -> str:
+        return DEFAULT_WEIGHTING.get(values.get("base_loss", "supcon"), "relative")
+
+    @classmethod
     def inactive_keys(cls, values: dict[str, Any]) -> set[str]:
-        inactive = set() if values.get("weighting") == "consistency" else set(CONSISTENCY_KEYS)
-        if values.get("base_loss", "supcon") == "fmicl":
+        base = values.get("base_loss", "supcon")
+        weighting = values.get("weighting") or cls.default_weighting(values)
+        inactive = super().inactive_keys(values)
+        if weighting != "consistency":
+            inactive |= set(CONSISTENCY_KEYS)
+        if base == "fmicl":
             return inactive | set(SUPCON_KEYS) | tsallis_only(values)
         return inactive | set(FMICL_KEYS)
 
@@ -73,8 +89,7 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
     @classmethod
     def _default_weighting(cls, values: Any) -> Any:
         if isinstance(values, dict) and values.get("weighting") is None:
-            base = values.get("base_loss", "supcon")
-            values = {**values, "weighting": DEFAULT_WEIGHTING.get(base, "relative")}
+            values = {**values, "weighting": cls.default_weighting(values)}
         return values
 
     @model_validator(mode="after")
@@ -89,6 +104,10 @@ class MSConConfig(TaskWeightsConfig, FMICLOptions):
 
     def num_tasks(self, config: Config) -> int:
         return len(config.data.similarities) + int(self.instance_similarity)
+
+    def config_defaults(self) -> dict[str, Any]:
+        """:data:`DEFAULT_HEAD_OPTIONS` of the base loss."""
+        return dict(DEFAULT_HEAD_OPTIONS[self.base_loss])
 
     def consistency_kwargs(self) -> dict[str, int]:
         """:class:`~mscon.methods.consistency.LabelNoiseBank`'s options from this section."""
