@@ -41,6 +41,8 @@ def test_train_eval_report_embed(tmp_path, capsys):
     report = (run / "report.md").read_text()
     assert "pattern" in report and "figures/weights.png" in report
     assert (run / "figures" / "weights.png").is_file()
+    assert "figures/label_noise.png" in report  # MSCon's default weighting logs it
+    assert (run / "figures" / "label_noise.png").is_file()
     assert (run / "figures" / "embedding_run.png").is_file()
 
     data = tmp_path / "synth"
@@ -70,6 +72,8 @@ def test_supcon_domains_and_multi_run_report(tmp_path):
     assert all(r["domain"] == "out" for r in simclr.values())
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "figures" / "comparison.png").is_file()
+    assert not (tmp_path / "cmp" / "figures" / "label_noise.png").exists()  # none logs it
+    assert "label_noise" not in (tmp_path / "cmp" / "report.md").read_text()
 
 
 def write_foreign_manifest(folder, n=40, size=12):

@@ -1,6 +1,7 @@
 """``mscon report``: a per-task table and figures for one or more run folders.
 
-Figures (``OUT/figures``): learned similarity weights over training, loss
+Figures (``OUT/figures``): learned similarity weights over training, the
+``consistency`` weighting's estimated share of random labels (``label_noise``), loss
 curves, a 2-D map (PCA) of each run's test embeddings coloured by each task,
 and a bar chart comparing the runs' linear top-1 per task.
 """
@@ -20,6 +21,13 @@ import torch  # noqa: E402
 
 from mscon import runs  # noqa: E402
 from mscon.errors import RunError  # noqa: E402
+
+NOISE_CAPTION = (
+    "Zero until the feature bank is full. A high value says the encoder's "
+    "neighbourhoods do not agree with that similarity's labels: random labels, or a "
+    "similarity the encoder has not learned (docs/results.md, "
+    '"When to trust the learned weights").'
+)
 
 
 def _run_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -42,6 +50,27 @@ def plot_weights(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
                 [r["step"] for r in records], [r["weights"][column] for r in records], label=column
             )
         ax.set(title=name, xlabel="step", ylabel="weight on L_c")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_label_noise(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """The estimated share of random labels per similarity over training (the
+    ``consistency`` weighting's ``label_noise``), one panel per run that logs it."""
+    runs = {name: m for name, m in runs.items() if any("label_noise" in r for r in m)}
+    if not runs:
+        return False
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.2), squeeze=False)
+    for ax, (name, metrics) in zip(axes[0], runs.items(), strict=True):
+        records = [r for r in metrics if "label_noise" in r]
+        for column in records[0]["label_noise"]:
+            values = [r["label_noise"][column] for r in records]
+            ax.plot([r["step"] for r in records], values, label=column)
+        ax.set(title=name, xlabel="step", ylabel="estimated share of random labels")
+        ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -198,10 +227,17 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
             "weights.png",
             plot_weights(metrics, figures / "weights.png"),
         ),
+        (
+            "Estimated share of random labels (consistency weighting)",
+            "label_noise.png",
+            plot_label_noise(metrics, figures / "label_noise.png"),
+        ),
         ("Training loss", "loss.png", plot_losses(metrics, figures / "loss.png")),
     ):
         if ok:
             lines += [f"## {title}", "", f"![{title}](figures/{file})", ""]
+        if ok and file == "label_noise.png":
+            lines += [NOISE_CAPTION, ""]
     lines += ["## Test embeddings (PCA of encoder features)", ""]
     for name, d in zip(names, dirs, strict=True):
         if runs.has_checkpoint(d):
