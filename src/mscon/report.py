@@ -37,45 +37,37 @@ def _run_names(run_dirs: Sequence[Path]) -> list[str]:
     return [str(p) for p in run_dirs]
 
 
-def plot_weights(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
-    """Learned similarity weights over training, one panel per run that has them."""
-    runs = {name: m for name, m in runs.items() if any("weights" in r for r in m)}
+def plot_per_column(
+    runs: dict[str, list[dict[str, Any]]], key: str, ylabel: str, path: Path
+) -> bool:
+    """``metrics.jsonl``'s per-similarity values under ``key`` over training, one panel
+    per run that logs them; False (no figure) when none does."""
+    runs = {name: m for name, m in runs.items() if any(key in r for r in m)}
     if not runs:
         return False
     fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.2), squeeze=False)
     for ax, (name, metrics) in zip(axes[0], runs.items(), strict=True):
-        records = [r for r in metrics if "weights" in r]
-        for column in records[0]["weights"]:
-            ax.plot(
-                [r["step"] for r in records], [r["weights"][column] for r in records], label=column
-            )
-        ax.set(title=name, xlabel="step", ylabel="weight on L_c")
+        records = [r for r in metrics if key in r]
+        steps = [r["step"] for r in records]
+        for column in records[0][key]:
+            ax.plot(steps, [r[key][column] for r in records], label=column)
+        ax.set(title=name, xlabel="step", ylabel=ylabel)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_weights(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """Learned similarity weights over training, one panel per run that has them."""
+    return plot_per_column(runs, "weights", "weight on L_c", path)
 
 
 def plot_label_noise(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
     """The estimated share of random labels per similarity over training (the
     ``consistency`` weighting's ``label_noise``), one panel per run that logs it."""
-    runs = {name: m for name, m in runs.items() if any("label_noise" in r for r in m)}
-    if not runs:
-        return False
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.2), squeeze=False)
-    for ax, (name, metrics) in zip(axes[0], runs.items(), strict=True):
-        records = [r for r in metrics if "label_noise" in r]
-        for column in records[0]["label_noise"]:
-            values = [r["label_noise"][column] for r in records]
-            ax.plot([r["step"] for r in records], values, label=column)
-        ax.set(title=name, xlabel="step", ylabel="estimated share of random labels")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return plot_per_column(runs, "label_noise", "estimated share of random labels", path)
 
 
 def plot_losses(runs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
