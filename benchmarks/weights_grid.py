@@ -255,6 +255,8 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path, labels: list[str])
 
 
 def main() -> None:
+    from mscon.data.dataset import CORRUPT_MODES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default="synthetic", help="base config (file or name)")
@@ -267,7 +269,7 @@ def main() -> None:
     parser.add_argument(
         "--corrupt-mode",
         default="other",
-        choices=["other", "uniform"],
+        choices=CORRUPT_MODES,
         help="data.corrupt_mode of the corrupted runs: a random other class, or any class",
     )
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
