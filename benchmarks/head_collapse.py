@@ -28,6 +28,8 @@ Examples:
 
     # how low r can get for a 3-class similarity its features separate to 50..100 %:
     python benchmarks/head_collapse.py --ideal 0.5 0.6 0.7 0.8 0.9 1.0
+    # ... and for an 8-class one:
+    python benchmarks/head_collapse.py --ideal 0.4 0.5 0.6 --classes 8
 
 Outputs OUT/LABEL/seedN.json (every measurement) and OUT/collapse.md; ``--runs``
 prints one row per run and head.
@@ -326,13 +328,16 @@ def main() -> None:
         type=float,
         nargs="+",
         metavar="ACCURACY",
-        help="print r of an idealised 3-class head at these classifier accuracies (0-1)",
+        help="print r of an idealised head at these classifier accuracies (0-1)",
+    )
+    parser.add_argument(
+        "--classes", type=int, default=3, help="the idealised head's number of classes"
     )
     args = parser.parse_args()
     if args.ideal:
         lines = ["| accuracy | r of the idealised head | eps |", "|---|---|---|"]
         for accuracy in args.ideal:
-            r, eps = ideal_head_r(accuracy, batch=args.batch)
+            r, eps = ideal_head_r(accuracy, classes=args.classes, batch=args.batch)
             lines.append(f"| {100 * accuracy:.0f} % | {r:.3f} | {eps:g} |")
         print("\n".join(lines))
         return

@@ -35,6 +35,16 @@ def test_ideal_head_r_falls_with_the_accuracy_of_its_features():
     assert 0 < r < 1 and eps > 0
 
 
+def test_ideal_cli_takes_the_number_of_classes(monkeypatch, capsys):
+    argv = ["head_collapse.py", "--ideal", "0.5", "--classes", "8", "--batch", "64"]
+    monkeypatch.setattr("sys.argv", argv)
+    head_collapse.main()
+    row = capsys.readouterr().out.splitlines()[-1]
+    r = head_collapse.ideal_head_r(0.5, classes=8, batch=64)[0]
+    assert row.startswith(f"| 50 % | {r:.3f} |")
+    assert r != pytest.approx(head_collapse.ideal_head_r(0.5, classes=3, batch=64)[0], abs=1e-3)
+
+
 def test_effective_rank_counts_directions():
     assert head_collapse.effective_rank(torch.ones(10, 4)) == pytest.approx(1.0)
     assert head_collapse.effective_rank(torch.eye(4).repeat(3, 1)) == pytest.approx(4.0)
