@@ -168,14 +168,19 @@ def main() -> None:
     parser.add_argument("--mtce", default="multitask_ce", help="multi-task CE's variant")
     parser.add_argument("--supcon", nargs="*", help="SupCon variants (default: supcon_*)")
     parser.add_argument("--weights", type=Path, help="a weights_grid.py --out")
-    parser.add_argument("--weights-variant", default="consistency")
+    parser.add_argument("--weights-variant", help="with --weights (default consistency)")
     parser.add_argument("--noisy", help="the similarity --weights corrupts")
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    parser.add_argument("--rates", type=float, nargs="+", help="with --weights (0.25 0.5 1)")
     parser.add_argument("--batch", type=int, default=256, help="images in r's fixed batch")
     parser.add_argument("--r-max", type=float, default=R_MAX)
     args = parser.parse_args()
     if args.weights and not args.noisy:
         parser.error("--weights needs --noisy")
+    unread = [k for k in ("noisy", "rates", "weights_variant") if getattr(args, k) is not None]
+    if unread and not args.weights:
+        parser.error(f"--{unread[0].replace('_', '-')} is read only with --weights")
+    rates = args.rates or [0.25, 0.5, 1.0]
+    weights_variant = args.weights_variant or "consistency"
 
     def load(label: str) -> list[dict[str, Any]]:
         return load_results(args.grid, label, args.seeds)
@@ -197,10 +202,10 @@ def main() -> None:
     if args.weights:
         weights = {
             rate: [
-                final_weights_of(args.weights / run_label(args.weights_variant, rate) / f"seed{s}")
+                final_weights_of(args.weights / run_label(weights_variant, rate) / f"seed{s}")
                 for s in args.seeds
             ]
-            for rate in args.rates
+            for rate in rates
         }
         rows.append(
             (

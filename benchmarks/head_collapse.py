@@ -331,13 +331,15 @@ def main() -> None:
         help="print r of an idealised head at these classifier accuracies (0-1)",
     )
     parser.add_argument(
-        "--classes", type=int, default=3, help="the idealised head's number of classes"
+        "--classes", type=int, help="the idealised head's number of classes (with --ideal; 3)"
     )
     args = parser.parse_args()
+    if args.classes is not None and not args.ideal:
+        parser.error("--classes is read only with --ideal")
     if args.ideal:
         lines = ["| accuracy | r of the idealised head | eps |", "|---|---|---|"]
         for accuracy in args.ideal:
-            r, eps = ideal_head_r(accuracy, classes=args.classes, batch=args.batch)
+            r, eps = ideal_head_r(accuracy, classes=args.classes or 3, batch=args.batch)
             lines.append(f"| {100 * accuracy:.0f} % | {r:.3f} | {eps:g} |")
         print("\n".join(lines))
         return

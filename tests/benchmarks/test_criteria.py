@@ -73,3 +73,14 @@ def test_supcon_labels_are_the_grids_supcon_folders(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "supcon_notes.md").write_text("")
     assert criteria.supcon_labels(tmp_path) == ["supcon_a", "supcon_b"]
+
+
+def test_noise_options_without_weights_are_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["criteria.py", "--grid", str(tmp_path), "--noisy", "color"])
+    with pytest.raises(SystemExit):
+        criteria.main()
+    assert "--noisy is read only with --weights" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["criteria.py", "--grid", str(tmp_path), "--weights", "w"])
+    with pytest.raises(SystemExit):
+        criteria.main()
+    assert "--weights needs --noisy" in capsys.readouterr().err

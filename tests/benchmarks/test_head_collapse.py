@@ -43,6 +43,10 @@ def test_ideal_cli_takes_the_number_of_classes(monkeypatch, capsys):
     r = head_collapse.ideal_head_r(0.5, classes=8, batch=64)[0]
     assert row.startswith(f"| 50 % | {r:.3f} |")
     assert r != pytest.approx(head_collapse.ideal_head_r(0.5, classes=3, batch=64)[0], abs=1e-3)
+    monkeypatch.setattr("sys.argv", ["head_collapse.py", "--runs", "x", "--classes", "8"])
+    with pytest.raises(SystemExit):
+        head_collapse.main()
+    assert "--classes is read only with --ideal" in capsys.readouterr().err
 
 
 def test_effective_rank_counts_directions():
