@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from weights_grid import BELOW, run_label  # noqa: E402
+from method_grid import paired_difference  # noqa: E402
+from weights_grid import BELOW, final_weight, run_label, seed_ratios, weights_at  # noqa: E402
 
 R_MAX = 0.9  # criterion 1: a head at or below this has left chance
 
@@ -53,18 +54,6 @@ def supcon_labels(grid: Path) -> list[str]:
 
 def tasks_of(runs: list[dict[str, Any]], domain: str) -> list[str]:
     return [t for t, row in runs[0]["tasks"].items() if row.get("domain") == domain]
-
-
-def paired(
-    mine: list[dict[str, Any]], other: list[dict[str, Any]], task: str
-) -> tuple[float, float]:
-    """Mean and standard error of ``mine - other`` linear top-1 on ``task``, by seed."""
-    diffs = [
-        a["tasks"][task]["linear_top1"] - b["tasks"][task]["linear_top1"]
-        for a, b in zip(mine, other, strict=True)
-    ]
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
-    return statistics.mean(diffs), se
 
 
 def verdict(ok: bool) -> str:
@@ -90,7 +79,7 @@ def in_domain_criterion(
     """Criterion 2: each in-domain similarity's paired difference and allowance."""
     cells, ok = [], True
     for task in tasks_of(default, "in"):
-        mean, se = paired(default, plain, task)
+        mean, se = paired_difference(default, plain, task)
         allowance = max(1.0, 2 * se)
         ok = ok and mean >= -allowance
         cells.append(f"{task} {mean:+.1f} ± {se:.1f} (allowed −{allowance:.1f})")
@@ -108,7 +97,7 @@ def ood_criterion(
             others,
             key=lambda k: statistics.mean(r["tasks"][task]["linear_top1"] for r in others[k]),
         )
-        mean, se = paired(default, others[best], task)
+        mean, se = paired_difference(default, others[best], task)
         ok = ok and mean >= 0
         name = f" against {best}" if len(others) > 1 else ""
         cells.append(f"{task} {mean:+.1f} ± {se:.1f}{name}")
@@ -121,23 +110,22 @@ def weights_criterion(
     """Criterion 5 from {rate: each seed's final weights}."""
     cells, ok = [], True
     for rate, seeds in sorted(final_weights.items()):
-        clean = [c for c in seeds[0] if c != noisy]
-        mine = statistics.mean(s[noisy] for s in seeds)
-        lowest = min(statistics.mean(s[c] for s in seeds) for c in clean)
-        ratio = mine / lowest
-        passing = sum(s[noisy] <= (1 - BELOW) * min(s[c] for c in clean) for s in seeds)
+        runs = [{"weights_at": [weights]} for weights in seeds]  # weights_grid's records
+        columns = list(seeds[0])
+        lowest = min(final_weight(runs, c) or 0.0 for c in columns if c != noisy)
+        ratio = (final_weight(runs, noisy) or 0.0) / lowest
+        passing = sum(r <= 1 - BELOW for r in seed_ratios(runs, columns, noisy))
         ok = ok and ratio <= 1 - BELOW
         cells.append(f"{round(rate * 100)} %: {ratio:.2f} ({passing}/{len(seeds)} seeds)")
     return "; ".join(cells), verdict(ok)
 
 
 def final_weights_of(run_dir: Path) -> dict[str, float]:
-    from mscon.runs import read_metrics
-
-    records = [r for r in read_metrics(run_dir) if "weights" in r]
-    if not records:
+    """The weights of the run's last metrics.jsonl record that has them."""
+    logged = weights_at(run_dir, (1.0,))
+    if not logged:
         raise SystemExit(f"{run_dir}: no weights in metrics.jsonl")
-    return records[-1]["weights"]
+    return logged[0]
 
 
 def head_r(run_dir: Path, batch: int) -> dict[str, float]:

@@ -105,6 +105,18 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(
+    runs: list[dict[str, Any]], base: list[dict[str, Any]], task: str, key: str = "linear_top1"
+) -> tuple[float, float]:
+    """Mean and standard error of ``runs - base`` on ``task``'s ``key``, paired by
+    position (seed); the standard error is 0 for a single pair."""
+    diffs = [
+        r["tasks"][task][key] - b["tasks"][task][key] for r, b in zip(runs, base, strict=False)
+    ]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return statistics.mean(diffs), se
+
+
 def paired(results: dict[str, list[dict[str, Any]]], reference: str) -> str:
     """Markdown: each variant's linear top-1 minus ``reference``'s on the same seed,
     mean ± standard error of the paired differences, per task."""
@@ -124,11 +136,11 @@ def paired(results: dict[str, list[dict[str, Any]]], reference: str) -> str:
         for task, row in pairs[0][1]["tasks"].items():
             if "linear_top1" not in row:
                 continue
+            mine, theirs = [r for r, _ in pairs], [b for _, b in pairs]
             cells = []
             for key in ("linear_top1", "knn_top1"):
-                diffs = [r["tasks"][task][key] - b["tasks"][task][key] for r, b in pairs]
-                se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
-                cells.append(f"{statistics.mean(diffs):+.1f} ± {se:.1f}")
+                mean, se = paired_difference(mine, theirs, task, key)
+                cells.append(f"{mean:+.1f} ± {se:.1f}")
             lines.append(f"| {label} | {task} | {cells[0]} | {cells[1]} | {len(pairs)} |")
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from method_grid import mean_std, run_grid  # noqa: E402
+from method_grid import mean_std, paired_difference, run_grid  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "equal": ["method.weighting=equal", "method.instance_mix=0"],
@@ -136,13 +136,8 @@ def in_domain_gap(
     (column, mean paired difference, allowance max(1, 2 standard errors))."""
     worst = None
     for column in columns:
-        diffs = [
-            v["tasks"][column]["linear_top1"] - e["tasks"][column]["linear_top1"]
-            for v, e in zip(variant, equal, strict=False)
-        ]
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+        mean, se = paired_difference(variant, equal, column)
         allowance = max(1.0, 2 * se)
-        mean = statistics.mean(diffs)
         if worst is None or mean + allowance < worst[1] + worst[2]:
             worst = (column, mean, allowance)
     assert worst is not None

@@ -81,6 +81,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# data.corrupt_mode: how mscon.data.corrupt_labels redraws a corrupted label
+CorruptMode = Literal["other", "uniform"]
+
+
 class DataConfig(_Section):
     """Which images and which label columns (DESIGN.md, "Config keys")."""
 
@@ -91,7 +95,7 @@ class DataConfig(_Section):
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     corrupt: dict[str, float] = Field(default_factory=dict)
     # how corrupt redraws a label: a random other class, or any class (mscon.data)
-    corrupt_mode: Literal["other", "uniform"] = "other"
+    corrupt_mode: CorruptMode = "other"
     synthetic_size: int = Field(6000, ge=16)
     synthetic_structure: Literal["standard", "grouped"] = "standard"
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 import torch
 
+from mscon.config import CorruptMode
 from mscon.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -177,7 +179,7 @@ def check_splits(split: np.ndarray, where: str) -> None:
             raise DataError(f"{where}: split '{name}' is empty")
 
 
-CORRUPT_MODES = ("other", "uniform")
+CORRUPT_MODES: tuple[str, ...] = get_args(CorruptMode)  # the values data.corrupt_mode takes
 
 
 def corrupt_labels(
